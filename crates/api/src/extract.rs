@@ -1,0 +1,177 @@
+//! Extractors: JSON bodies with the project's error shape, and the two kinds of credentials
+//! (user access tokens and project API keys), each yielding a tenant-scoped context.
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{StatusCode, header, request::Parts};
+use courierx_domain::{ApiKeyId, ProjectId, RawApiKey, Role, TenantId, UserId, now_ms};
+use serde::de::DeserializeOwned;
+
+/// A JSON body. Malformed JSON → 400, a body over the limit → 413, a well-formed body of the
+/// wrong shape → 422 naming the field.
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than the limit")
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {r}"))
+            }
+        })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "the request body must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".to_string() } else { path };
+        ApiError::field(&field, e.inner().to_string())
+    })
+}
+
+/// The raw body with its JSON parsed, for endpoints that hash the exact request (idempotency).
+pub struct JsonWithBytes<T>(pub T, pub Bytes);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonWithBytes<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(v): Json<serde_json::Value> = Json::from_request(req, state).await?;
+        let canonical = Bytes::from(v.to_string());
+        let parsed = serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = e.path().to_string();
+            ApiError::field(if path == "." { "body" } else { &path }, e.inner().to_string())
+        })?;
+        Ok(JsonWithBytes(parsed, canonical))
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let h = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = h.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A signed-in user (from an access token).
+#[derive(Debug, Clone, Copy)]
+pub struct UserCtx {
+    pub user: UserId,
+    pub tenant: TenantId,
+    pub role: Role,
+}
+
+impl UserCtx {
+    pub fn require(&self, min: Role) -> Result<(), ApiError> {
+        if self.role >= min {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("this action needs the {} role or higher", min.as_str())))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for UserCtx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("missing bearer access token"))?;
+        if token.starts_with(RawApiKey::PREFIX) {
+            return Err(ApiError::unauthorized("this endpoint needs a user access token, not an API key"));
+        }
+        let c = state.engine.tokens.verify_access(token).map_err(|_| ApiError::unauthorized("invalid or expired access token"))?;
+        Ok(Self { user: c.user, tenant: c.tenant, role: c.role })
+    }
+}
+
+/// A project API key (`Authorization: Bearer cx_…` or `X-API-Key: cx_…`).
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectCtx {
+    pub tenant: TenantId,
+    pub project: ProjectId,
+    pub key: ApiKeyId,
+}
+
+/// How often `last_used_at` is refreshed at most, so authenticating is not a write per request.
+const TOUCH_EVERY_MS: i64 = 60_000;
+
+impl FromRequestParts<AppState> for ProjectCtx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let presented = parts
+            .headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .or_else(|| bearer(parts))
+            .ok_or_else(|| ApiError::unauthorized("missing API key (Authorization: Bearer cx_… or X-API-Key)"))?;
+        let key = RawApiKey::parse(presented).ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+        let row = state.engine.db.find_api_key_by_hash(key.hash().as_str()).await?.ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+        let now = now_ms();
+        if row.revoked_at.is_some() {
+            return Err(ApiError::unauthorized("this API key has been revoked"));
+        }
+        if row.expires_at.is_some_and(|e| e <= now) {
+            return Err(ApiError::unauthorized("this API key has expired"));
+        }
+        if row.last_used_at.is_none_or(|t| now - t > TOUCH_EVERY_MS) {
+            let db = state.engine.db.clone();
+            let id = row.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = db.touch_api_key(&id, now).await {
+                    tracing::debug!(error = %e, "could not update api key last_used_at");
+                }
+            });
+        }
+        let parse = |s: &str| s.parse::<uuid::Uuid>().map_err(ApiError::internal);
+        Ok(Self { tenant: parse(&row.tenant_id)?.into(), project: parse(&row.project_id)?.into(), key: parse(&row.id)?.into() })
+    }
+}
+
+/// Either credential: read endpoints for messages accept a user (tenant-wide) or a key (its project).
+#[derive(Debug, Clone, Copy)]
+pub enum Principal {
+    User(UserCtx),
+    Key(ProjectCtx),
+}
+
+impl Principal {
+    pub fn tenant(&self) -> TenantId {
+        match self {
+            Principal::User(u) => u.tenant,
+            Principal::Key(k) => k.tenant,
+        }
+    }
+    /// The project a key is bound to; users see every project of their tenant.
+    pub fn project(&self) -> Option<ProjectId> {
+        match self {
+            Principal::User(_) => None,
+            Principal::Key(k) => Some(k.project),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let is_key = parts.headers.contains_key("x-api-key") || bearer(parts).is_some_and(|t| t.starts_with(RawApiKey::PREFIX));
+        if is_key {
+            ProjectCtx::from_request_parts(parts, state).await.map(Principal::Key)
+        } else {
+            UserCtx::from_request_parts(parts, state).await.map(Principal::User)
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The delivery worker: claims due jobs with a lease, sends through the project's provider with no
+//! database transaction open across the call, and records the outcome through the group-commit
+//! writer. It sleeps until the next job is due or it is woken, never polling in a tight loop.
+
+use crate::Engine;
+use crate::backoff::delay_ms;
+use courierx_domain::{Mailbox, now_ms};
+use courierx_providers::{OutboundEmail, SendError, SendReceipt};
+use courierx_store::jobs::ClaimedJob;
+use courierx_store::messages::MessageRow;
+use courierx_store::sandbox::SandboxRow;
+use courierx_store::writer::{AttemptRecord, Outcome};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, watch};
+
+/// How long an idle worker sleeps at most before looking again (covers jobs enqueued by other
+/// processes when no cross-process wake-up arrives).
+const IDLE_MAX: Duration = Duration::from_secs(1);
+
+pub struct Worker {
+    engine: Arc<Engine>,
+    id: String,
+}
+
+impl Worker {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        let id = format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple());
+        Self { engine, id }
+    }
+
+    /// Runs until `shutdown` turns true; then waits up to the grace period for in-flight
+    /// deliveries and releases whatever is still unfinished so another worker can take it.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let e = self.engine.clone();
+        let permits = Arc::new(Semaphore::new(e.cfg.worker_concurrency));
+        let inflight: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let mut tasks = tokio::task::JoinSet::new();
+        tracing::info!(worker = %self.id, concurrency = e.cfg.worker_concurrency, "worker started");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            while tasks.try_join_next().is_some() {}
+            let free = permits.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => drop(p),
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let now = now_ms();
+            let jobs = match e.db.claim_jobs(&self.id, now, e.cfg.lease_ms, free.min(256) as i64).await {
+                Ok(j) => j,
+                Err(err) => {
+                    tracing::warn!(error = %err, "claiming jobs failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            if jobs.is_empty() {
+                let wait = match e.db.next_job_due().await {
+                    Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(0, IDLE_MAX.as_millis() as i64) as u64),
+                    _ => IDLE_MAX,
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = e.wake.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            for job in jobs {
+                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                if let Ok(mut m) = inflight.lock() {
+                    m.insert(job.id.clone(), job.message_id.clone());
+                }
+                let (e, inflight) = (e.clone(), inflight.clone());
+                tasks.spawn(async move {
+                    let id = job.id.clone();
+                    deliver(&e, job).await;
+                    if let Ok(mut m) = inflight.lock() {
+                        m.remove(&id);
+                    }
+                    drop(permit);
+                });
+            }
+        }
+        let grace = Duration::from_millis(e.cfg.shutdown_grace_ms);
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+            tasks.abort_all();
+        }
+        let left: Vec<(String, String)> = inflight.lock().map(|m| m.clone().into_iter().collect()).unwrap_or_default();
+        for (job, message) in left {
+            if let Err(err) = e.db.release_job(&job, &message, now_ms()).await {
+                tracing::warn!(error = %err, job, "could not release job at shutdown; its lease will expire");
+            }
+        }
+        tracing::info!(worker = %self.id, "worker stopped");
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "worker".into())
+}
+
+fn parse_list(json: &str) -> Vec<Mailbox> {
+    serde_json::from_str::<Vec<String>>(json).unwrap_or_default().iter().filter_map(|s| Mailbox::parse(s).ok()).collect()
+}
+
+/// Rebuilds the outbound email from its stored row (stored values were validated on the way in).
+fn outbound(m: &MessageRow) -> Result<OutboundEmail, SendError> {
+    let from = Mailbox::parse(&m.from_addr).map_err(|e| SendError::Permanent(format!("stored from address: {e}")))?;
+    let headers: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&m.headers).unwrap_or_default();
+    Ok(OutboundEmail {
+        message_id: m.id.parse().map_err(|_| SendError::Permanent("stored message id is malformed".into()))?,
+        created_at: m.created_at,
+        from,
+        to: parse_list(&m.to_addrs),
+        cc: parse_list(&m.cc_addrs),
+        bcc: parse_list(&m.bcc_addrs),
+        reply_to: m.reply_to.as_deref().and_then(|r| Mailbox::parse(r).ok()),
+        subject: m.subject.clone(),
+        html: m.html.clone(),
+        text: m.text_body.clone(),
+        headers: headers.into_iter().filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string()))).collect(),
+        idempotency_key: m.idempotency_key.clone(),
+    })
+}
+
+async fn deliver(e: &Engine, job: ClaimedJob) {
+    let started = Instant::now();
+    let msg = match e.db.load_message_for_delivery(&job.message_id).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            tracing::warn!(job = job.id, "job without message; dropping it");
+            finish(e, &job, None, None, started, Outcome::Failed { job_id: job.id.clone(), error: "message not found".into() }).await;
+            return;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "loading message failed; the lease will expire and retry");
+            return;
+        }
+    };
+    let provider_row = match e.db.default_provider_of_project(&msg.tenant_id, &msg.project_id).await {
+        Ok(p) => p,
+        Err(err) => {
+            tracing::warn!(error = %err, "loading provider failed; the lease will expire and retry");
+            return;
+        }
+    };
+    let provider_id = provider_row.as_ref().map(|p| p.id.clone());
+    let result: Result<SendReceipt, SendError> = match &provider_row {
+        None => Err(SendError::Transient("the project has no default provider; set one and the message will be retried".into())),
+        Some(row) => match e.providers.get(row, &e.secrets) {
+            Err(err) => Err(SendError::Transient(format!("provider cannot be used: {err}"))),
+            Ok(p) => match outbound(&msg) {
+                Ok(email) => p.send(&email).await,
+                Err(err) => Err(err),
+            },
+        },
+    };
+    let kind = provider_row.as_ref().map(|r| r.kind.clone()).unwrap_or_default();
+    let outcome = match result {
+        Ok(receipt) => {
+            let sandbox = receipt.captured.map(|mime| SandboxRow {
+                id: uuid::Uuid::now_v7().to_string(),
+                tenant_id: msg.tenant_id.clone(),
+                project_id: msg.project_id.clone(),
+                message_id: msg.id.clone(),
+                raw: String::from_utf8_lossy(&mime.bytes).into_owned(),
+                from_addr: msg.from_addr.clone(),
+                to_addrs: msg.to_addrs.clone(),
+                subject: msg.subject.clone(),
+                received_at: now_ms(),
+            });
+            metrics::histogram!("courierx_delivery_latency_seconds", "provider" => kind.clone())
+                .record((now_ms() - msg.created_at).max(0) as f64 / 1000.0);
+            Outcome::Sent { job_id: job.id.clone(), provider_message_id: receipt.provider_message_id, sandbox }
+        }
+        Err(SendError::Permanent(error)) => Outcome::Failed { job_id: job.id.clone(), error },
+        Err(SendError::Transient(error) | SendError::ProviderDown(error)) => {
+            if job.attempts >= job.max_attempts {
+                Outcome::Failed { job_id: job.id.clone(), error: format!("{error} (gave up after {} attempts)", job.attempts) }
+            } else {
+                let wait = delay_ms(job.attempts, e.cfg.backoff_base_ms, e.cfg.backoff_max_ms);
+                Outcome::Retry { job_id: job.id.clone(), run_at: now_ms() + wait, error }
+            }
+        }
+    };
+    let label = match &outcome {
+        Outcome::Sent { .. } => "sent",
+        Outcome::Retry { .. } => "retry",
+        Outcome::Failed { .. } => "failed",
+    };
+    metrics::counter!("courierx_delivery_attempts_total", "provider" => kind, "outcome" => label).increment(1);
+    finish(e, &job, Some(&msg), provider_id, started, outcome).await;
+}
+
+async fn finish(e: &Engine, job: &ClaimedJob, msg: Option<&MessageRow>, provider_id: Option<String>, started: Instant, outcome: Outcome) {
+    let rec = AttemptRecord {
+        tenant_id: msg.map(|m| m.tenant_id.clone()).unwrap_or_else(|| job.tenant_id.clone()),
+        message_id: job.message_id.clone(),
+        provider_id,
+        attempt: job.attempts,
+        at: now_ms(),
+        latency_ms: started.elapsed().as_millis() as i64,
+        outcome,
+    };
+    if let Err(err) = e.writer.record(rec).await {
+        tracing::error!(error = %err, job = job.id, "recording delivery outcome failed; the lease will expire and the job retry");
+    }
+}

@@ -1,0 +1,69 @@
+//! The use cases shared by the API and the CLI: accepting messages, delivering them, managing
+//! provider secrets and authenticating users.
+
+pub mod accept;
+pub mod auth;
+pub mod backoff;
+pub mod delivery;
+pub mod providers;
+pub mod secrets;
+
+use courierx_store::Db;
+use courierx_store::writer::Writer;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+pub use secrets::{SecretBox, SecretKey};
+
+/// Delivery and queue settings (validated by the CLI's config loader).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub max_attempts: i64,
+    pub backoff_base_ms: i64,
+    pub backoff_max_ms: i64,
+    pub lease_ms: i64,
+    pub worker_concurrency: usize,
+    pub idempotency_ttl_ms: i64,
+    /// How long shutdown waits for in-flight deliveries before releasing them.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            backoff_base_ms: 30_000,
+            backoff_max_ms: 3_600_000,
+            lease_ms: 120_000,
+            worker_concurrency: 50,
+            idempotency_ttl_ms: 24 * 3_600_000,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+/// Everything a request handler or worker needs. Cheap to share behind an `Arc`.
+pub struct Engine {
+    pub db: Db,
+    pub writer: Writer,
+    pub cfg: EngineConfig,
+    pub secrets: SecretBox,
+    pub tokens: auth::TokenKeys,
+    /// Wakes this process's workers when a job is enqueued (no tight polling).
+    pub wake: Arc<Notify>,
+    pub providers: providers::ProviderCache,
+}
+
+impl Engine {
+    pub fn new(db: Db, writer: Writer, cfg: EngineConfig, key: &SecretKey) -> Self {
+        Self {
+            db,
+            writer,
+            cfg,
+            secrets: SecretBox::new(key),
+            tokens: auth::TokenKeys::derive(key),
+            wake: Arc::new(Notify::new()),
+            providers: providers::ProviderCache::default(),
+        }
+    }
+}

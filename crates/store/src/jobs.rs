@@ -1,0 +1,73 @@
+//! The delivery queue. Jobs are claimed with a lease; a job whose lease expired (its worker died)
+//! is claimable again. Postgres uses `FOR UPDATE SKIP LOCKED` so many workers never block each
+//! other; SQLite has one writer, so a conditional `UPDATE … RETURNING` is enough.
+
+use crate::{Db, Result, on, on_tx};
+use courierx_domain::Millis;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    pub id: String,
+    pub tenant_id: String,
+    pub message_id: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+}
+
+const CLAIM_SQLITE: &str = "UPDATE jobs SET lease_until = $1, locked_by = $2, attempts = attempts + 1
+    WHERE id IN (SELECT id FROM jobs WHERE run_at <= $3 AND (lease_until IS NULL OR lease_until < $3) ORDER BY run_at LIMIT $4)
+    RETURNING id, tenant_id, message_id, attempts, max_attempts";
+
+const CLAIM_POSTGRES: &str = "UPDATE jobs SET lease_until = $1, locked_by = $2, attempts = attempts + 1
+    WHERE id IN (SELECT id FROM jobs WHERE run_at <= $3 AND (lease_until IS NULL OR lease_until < $3) ORDER BY run_at LIMIT $4
+                 FOR UPDATE SKIP LOCKED)
+    RETURNING id, tenant_id, message_id, attempts, max_attempts";
+
+impl Db {
+    /// Claims up to `limit` due jobs for `worker` until `now + lease_ms`, and marks their messages
+    /// `sending`, in one transaction.
+    pub async fn claim_jobs(&self, worker: &str, now: Millis, lease_ms: i64, limit: i64) -> Result<Vec<ClaimedJob>> {
+        let mut tx = self.begin().await?;
+        let sql = match self {
+            Db::Sqlite(_) => CLAIM_SQLITE,
+            Db::Postgres(_) => CLAIM_POSTGRES,
+        };
+        let jobs: Vec<ClaimedJob> = on_tx!(&mut tx, c => sqlx::query_as(sql)
+            .bind(now + lease_ms).bind(worker).bind(now).bind(limit).fetch_all(&mut *c).await)?;
+        for j in &jobs {
+            on_tx!(&mut tx, c => sqlx::query("UPDATE messages SET status = 'sending', updated_at = $1 WHERE id = $2 AND status IN ('queued', 'sending')")
+                .bind(now).bind(&j.message_id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+        }
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    /// When the next job becomes claimable (due, or its lease expires), if any job exists.
+    pub async fn next_job_due(&self) -> Result<Option<Millis>> {
+        let (free, leased): (Option<i64>, Option<i64>) = on!(self, p => sqlx::query_as(
+            "SELECT (SELECT MIN(run_at) FROM jobs WHERE lease_until IS NULL), (SELECT MIN(lease_until) FROM jobs WHERE lease_until IS NOT NULL)")
+            .fetch_one(p).await)?;
+        Ok(match (free, leased) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Puts a claimed job back without counting the attempt (used at shutdown for work not begun).
+    pub async fn release_job(&self, job_id: &str, message_id: &str, now: Millis) -> Result<()> {
+        let mut tx = self.begin().await?;
+        on_tx!(&mut tx, c => sqlx::query("UPDATE jobs SET lease_until = NULL, locked_by = NULL, attempts = attempts - 1 WHERE id = $1")
+            .bind(job_id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+        on_tx!(&mut tx, c => sqlx::query("UPDATE messages SET status = 'queued', updated_at = $1 WHERE id = $2 AND status = 'sending'")
+            .bind(now).bind(message_id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+        tx.commit().await
+    }
+
+    /// Test and operations helper: claims one specific job as if a worker had taken it.
+    pub async fn force_lease(&self, message_id: &str, worker: &str, lease_until: Millis) -> Result<bool> {
+        let n = on!(self, p => sqlx::query("UPDATE jobs SET lease_until = $1, locked_by = $2, attempts = attempts + 1 WHERE message_id = $3")
+            .bind(lease_until).bind(worker).bind(message_id).execute(p).await.map(|r| r.rows_affected()))?;
+        on!(self, p => sqlx::query("UPDATE messages SET status = 'sending' WHERE id = $1 AND status = 'queued'").bind(message_id).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(n > 0)
+    }
+}

@@ -1,0 +1,144 @@
+//! Messages and their event timeline.
+
+use crate::{Db, Result, Tx, on, on_tx};
+use courierx_domain::{MessageId, Millis, ProjectId, TenantId};
+
+/// A message as stored. Address lists, headers, tags and metadata are JSON text.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub project_id: String,
+    pub channel: String,
+    pub status: String,
+    pub from_addr: String,
+    pub to_addrs: String,
+    pub cc_addrs: String,
+    pub bcc_addrs: String,
+    pub reply_to: Option<String>,
+    pub subject: String,
+    pub html: Option<String>,
+    pub text_body: Option<String>,
+    pub headers: String,
+    pub tags: String,
+    pub metadata: String,
+    pub idempotency_key: Option<String>,
+    pub provider_id: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub sent_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: String,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub at: i64,
+    pub provider_id: Option<String>,
+    pub recipient: Option<String>,
+    pub detail: String,
+}
+
+/// A summary row for listings (no bodies).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageSummaryRow {
+    pub id: String,
+    pub project_id: String,
+    pub status: String,
+    pub from_addr: String,
+    pub to_addrs: String,
+    pub subject: String,
+    pub tags: String,
+    pub provider_id: Option<String>,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub sent_at: Option<i64>,
+}
+
+const MESSAGE_COLS: &str = "id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to, subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts, last_error, created_at, updated_at, sent_at";
+
+pub struct MessageFilter<'a> {
+    pub project: Option<ProjectId>,
+    pub status: Option<&'a str>,
+    pub tag: Option<&'a str>,
+    /// Only ids strictly older than this (the cursor).
+    pub before: Option<MessageId>,
+    pub limit: i64,
+}
+
+impl Db {
+    pub async fn get_message(&self, tenant: TenantId, project: Option<ProjectId>, id: MessageId) -> Result<Option<MessageRow>> {
+        let sql = format!("SELECT {MESSAGE_COLS} FROM messages WHERE tenant_id = $1 AND id = $2 AND ($3 IS NULL OR project_id = $3)");
+        Ok(on!(self, p => sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.to_string()).bind(id.to_string()).bind(project.map(|p| p.to_string())).fetch_optional(p).await)?)
+    }
+
+    /// Loads a message for delivery (the worker already holds the job's lease).
+    pub async fn load_message_for_delivery(&self, id: &str) -> Result<Option<MessageRow>> {
+        let sql = format!("SELECT {MESSAGE_COLS} FROM messages WHERE id = $1");
+        Ok(on!(self, p => sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(p).await)?)
+    }
+
+    pub async fn list_messages(&self, tenant: TenantId, f: &MessageFilter<'_>) -> Result<Vec<MessageSummaryRow>> {
+        // Tags are a JSON array of strings; match the quoted, JSON-escaped tag inside it.
+        let tag_pattern = f.tag.map(|t| {
+            let quoted = serde_json::to_string(t).unwrap_or_default();
+            format!("%{}%", quoted.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
+        });
+        Ok(on!(self, p => sqlx::query_as::<_, MessageSummaryRow>(
+            "SELECT id, project_id, status, from_addr, to_addrs, subject, tags, provider_id, attempts, created_at, sent_at
+             FROM messages
+             WHERE tenant_id = $1 AND ($2 IS NULL OR project_id = $2) AND ($3 IS NULL OR status = $3)
+               AND ($4 IS NULL OR tags LIKE $4 ESCAPE '\\') AND ($5 IS NULL OR id < $5)
+             ORDER BY id DESC LIMIT $6")
+            .bind(tenant.to_string()).bind(f.project.map(|p| p.to_string())).bind(f.status)
+            .bind(&tag_pattern).bind(f.before.map(|b| b.to_string())).bind(f.limit)
+            .fetch_all(p).await)?)
+    }
+
+    pub async fn list_events(&self, tenant: TenantId, message: MessageId) -> Result<Vec<EventRow>> {
+        Ok(on!(self, p => sqlx::query_as::<_, EventRow>(
+            "SELECT id, type, at, provider_id, recipient, detail FROM message_events
+             WHERE tenant_id = $1 AND message_id = $2 ORDER BY at, id")
+            .bind(tenant.to_string()).bind(message.to_string()).fetch_all(p).await)?)
+    }
+}
+
+/// An event to append to a message's timeline.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub tenant_id: String,
+    pub message_id: String,
+    pub kind: &'static str,
+    pub at: Millis,
+    pub provider_id: Option<String>,
+    pub recipient: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+pub(crate) async fn insert_event(tx: &mut Tx, e: &NewEvent) -> Result<()> {
+    on_tx!(tx, c => sqlx::query(
+        "INSERT INTO message_events (id, tenant_id, message_id, type, at, provider_id, recipient, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        .bind(crate::users::uuid_v7()).bind(&e.tenant_id).bind(&e.message_id).bind(e.kind).bind(e.at)
+        .bind(&e.provider_id).bind(&e.recipient).bind(crate::to_json(&e.detail)).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+pub(crate) async fn insert_message(tx: &mut Tx, m: &MessageRow) -> Result<()> {
+    on_tx!(tx, c => sqlx::query(
+        "INSERT INTO messages (id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to,
+            subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts,
+            last_error, created_at, updated_at, sent_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)")
+        .bind(&m.id).bind(&m.tenant_id).bind(&m.project_id).bind(&m.channel).bind(&m.status).bind(&m.from_addr)
+        .bind(&m.to_addrs).bind(&m.cc_addrs).bind(&m.bcc_addrs).bind(&m.reply_to).bind(&m.subject).bind(&m.html)
+        .bind(&m.text_body).bind(&m.headers).bind(&m.tags).bind(&m.metadata).bind(&m.idempotency_key)
+        .bind(&m.provider_id).bind(&m.provider_message_id).bind(m.attempts).bind(&m.last_error)
+        .bind(m.created_at).bind(m.updated_at).bind(m.sent_at).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
