@@ -49,7 +49,13 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: Vec::new(), retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            retry_after: None,
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -61,13 +67,21 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
     pub fn validation(errors: ValidationErrors) -> Self {
-        let mut e = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "the request has invalid fields");
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "the request has invalid fields",
+        );
         e.details = errors.0;
         e
     }
@@ -81,7 +95,11 @@ impl ApiError {
     }
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an internal error occurred; it has been logged")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; it has been logged",
+        )
     }
 }
 
@@ -91,7 +109,14 @@ impl IntoResponse for ApiError {
             error: ErrorObject {
                 code: self.code.to_string(),
                 message: self.message,
-                details: self.details.into_iter().map(|d| ErrorDetail { field: d.field, message: d.message }).collect(),
+                details: self
+                    .details
+                    .into_iter()
+                    .map(|d| ErrorDetail {
+                        field: d.field,
+                        message: d.message,
+                    })
+                    .collect(),
                 request_id: current_request_id(),
             },
         };
@@ -116,7 +141,11 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => Self::not_found("resource"),
             StoreError::Conflict(c) => Self::conflict("conflict", c.replace('_', " ")),
-            StoreError::WriterClosed => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down"),
+            StoreError::WriterClosed => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down",
+            ),
             other => Self::internal(other),
         }
     }
@@ -125,7 +154,9 @@ impl From<StoreError> for ApiError {
 impl From<AcceptError> for ApiError {
     fn from(e: AcceptError) -> Self {
         match e {
-            AcceptError::IdempotencyConflict => Self::conflict("idempotency_conflict", e.to_string()),
+            AcceptError::IdempotencyConflict => {
+                Self::conflict("idempotency_conflict", e.to_string())
+            }
             AcceptError::Store(s) => s.into(),
         }
     }

@@ -19,7 +19,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than the limit")
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than the limit",
+                )
             } else {
                 ApiError::bad_request(format!("could not read the request body: {r}"))
             }
@@ -29,14 +33,27 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("malformed JSON: {e}"),
+        )
+    })?;
     if !value.is_object() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "the request body must be a JSON object"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "the request body must be a JSON object",
+        ));
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body".to_string() } else { path };
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
         ApiError::field(&field, e.inner().to_string())
     })
 }
@@ -52,7 +69,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonWithBytes<T> {
         let canonical = Bytes::from(v.to_string());
         let parsed = serde_path_to_error::deserialize(v).map_err(|e| {
             let path = e.path().to_string();
-            ApiError::field(if path == "." { "body" } else { &path }, e.inner().to_string())
+            ApiError::field(
+                if path == "." { "body" } else { &path },
+                e.inner().to_string(),
+            )
         })?;
         Ok(JsonWithBytes(parsed, canonical))
     }
@@ -77,7 +97,10 @@ impl UserCtx {
         if self.role >= min {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!("this action needs the {} role or higher", min.as_str())))
+            Err(ApiError::forbidden(format!(
+                "this action needs the {} role or higher",
+                min.as_str()
+            )))
         }
     }
 }
@@ -85,13 +108,27 @@ impl UserCtx {
 impl FromRequestParts<AppState> for UserCtx {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("missing bearer access token"))?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token =
+            bearer(parts).ok_or_else(|| ApiError::unauthorized("missing bearer access token"))?;
         if token.starts_with(RawApiKey::PREFIX) {
-            return Err(ApiError::unauthorized("this endpoint needs a user access token, not an API key"));
+            return Err(ApiError::unauthorized(
+                "this endpoint needs a user access token, not an API key",
+            ));
         }
-        let c = state.engine.tokens.verify_access(token).map_err(|_| ApiError::unauthorized("invalid or expired access token"))?;
-        Ok(Self { user: c.user, tenant: c.tenant, role: c.role })
+        let c = state
+            .engine
+            .tokens
+            .verify_access(token)
+            .map_err(|_| ApiError::unauthorized("invalid or expired access token"))?;
+        Ok(Self {
+            user: c.user,
+            tenant: c.tenant,
+            role: c.role,
+        })
     }
 }
 
@@ -109,16 +146,27 @@ const TOUCH_EVERY_MS: i64 = 60_000;
 impl FromRequestParts<AppState> for ProjectCtx {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let presented = parts
             .headers
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .or_else(|| bearer(parts))
-            .ok_or_else(|| ApiError::unauthorized("missing API key (Authorization: Bearer cx_… or X-API-Key)"))?;
-        let key = RawApiKey::parse(presented).ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-        let row = state.engine.db.find_api_key_by_hash(key.hash().as_str()).await?.ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("missing API key (Authorization: Bearer cx_… or X-API-Key)")
+            })?;
+        let key =
+            RawApiKey::parse(presented).ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+        let row = state
+            .engine
+            .db
+            .find_api_key_by_hash(key.hash().as_str())
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
         let now = now_ms();
         if row.revoked_at.is_some() {
             return Err(ApiError::unauthorized("this API key has been revoked"));
@@ -136,7 +184,11 @@ impl FromRequestParts<AppState> for ProjectCtx {
             });
         }
         let parse = |s: &str| s.parse::<uuid::Uuid>().map_err(ApiError::internal);
-        Ok(Self { tenant: parse(&row.tenant_id)?.into(), project: parse(&row.project_id)?.into(), key: parse(&row.id)?.into() })
+        Ok(Self {
+            tenant: parse(&row.tenant_id)?.into(),
+            project: parse(&row.project_id)?.into(),
+            key: parse(&row.id)?.into(),
+        })
     }
 }
 
@@ -166,12 +218,20 @@ impl Principal {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let is_key = parts.headers.contains_key("x-api-key") || bearer(parts).is_some_and(|t| t.starts_with(RawApiKey::PREFIX));
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let is_key = parts.headers.contains_key("x-api-key")
+            || bearer(parts).is_some_and(|t| t.starts_with(RawApiKey::PREFIX));
         if is_key {
-            ProjectCtx::from_request_parts(parts, state).await.map(Principal::Key)
+            ProjectCtx::from_request_parts(parts, state)
+                .await
+                .map(Principal::Key)
         } else {
-            UserCtx::from_request_parts(parts, state).await.map(Principal::User)
+            UserCtx::from_request_parts(parts, state)
+                .await
+                .map(Principal::User)
         }
     }
 }

@@ -37,7 +37,12 @@ impl EmailAddress {
             return Err(EmailError::TooLong);
         }
         let (local, domain) = s.rsplit_once('@').ok_or(EmailError::Invalid)?;
-        if local.is_empty() || local.len() > 64 || !local.split('.').all(|a| !a.is_empty() && a.chars().all(is_atext)) {
+        if local.is_empty()
+            || local.len() > 64
+            || !local
+                .split('.')
+                .all(|a| !a.is_empty() && a.chars().all(is_atext))
+        {
             return Err(EmailError::Invalid);
         }
         let labels: Vec<&str> = domain.split('.').collect();
@@ -48,7 +53,12 @@ impl EmailAddress {
                 && !l.ends_with('-')
                 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         };
-        if labels.len() < 2 || !labels.iter().all(label_ok) || labels.last().is_some_and(|t| t.chars().all(|c| c.is_ascii_digit())) {
+        if labels.len() < 2
+            || !labels.iter().all(label_ok)
+            || labels
+                .last()
+                .is_some_and(|t| t.chars().all(|c| c.is_ascii_digit()))
+        {
             return Err(EmailError::Invalid);
         }
         Ok(Self(format!("{local}@{}", domain.to_ascii_lowercase())))
@@ -108,9 +118,15 @@ impl Mailbox {
             if name.len() > 256 {
                 return Err(EmailError::TooLong);
             }
-            Ok(Self { name: (!name.is_empty()).then_some(name), address })
+            Ok(Self {
+                name: (!name.is_empty()).then_some(name),
+                address,
+            })
         } else {
-            Ok(Self { name: None, address: EmailAddress::parse(s)? })
+            Ok(Self {
+                name: None,
+                address: EmailAddress::parse(s)?,
+            })
         }
     }
 }
@@ -119,9 +135,16 @@ impl fmt::Display for Mailbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.name {
             Some(n) => {
-                let needs_quotes = n.chars().any(|c| !(c.is_alphanumeric() || c == ' ' || is_atext(c)));
+                let needs_quotes = n
+                    .chars()
+                    .any(|c| !(c.is_alphanumeric() || c == ' ' || is_atext(c)));
                 if needs_quotes {
-                    write!(f, "\"{}\" <{}>", n.replace('\\', "\\\\").replace('"', "\\\""), self.address)
+                    write!(
+                        f,
+                        "\"{}\" <{}>",
+                        n.replace('\\', "\\\\").replace('"', "\\\""),
+                        self.address
+                    )
                 } else {
                     write!(f, "{n} <{}>", self.address)
                 }
@@ -143,7 +166,10 @@ mod tests {
 
     #[test]
     fn parses_plain_and_named() {
-        assert_eq!(EmailAddress::parse(" Bob@Example.COM ").unwrap().as_str(), "Bob@example.com");
+        assert_eq!(
+            EmailAddress::parse(" Bob@Example.COM ").unwrap().as_str(),
+            "Bob@example.com"
+        );
         let m = Mailbox::parse("Ada Lovelace <ada@example.com>").unwrap();
         assert_eq!(m.name.as_deref(), Some("Ada Lovelace"));
         assert_eq!(m.to_string(), "Ada Lovelace <ada@example.com>");
@@ -155,8 +181,20 @@ mod tests {
 
     #[test]
     fn rejects_bad_addresses() {
-        for bad in ["", "plain", "a@b", "a@@b.com", ".a@b.com", "a..b@c.com", "a@-b.com", "a@b.123",
-            "a b@c.com", "x@y.com\r\nBcc: evil@z.com", "Name <a@b.com> trailing", "<a@b.com"] {
+        for bad in [
+            "",
+            "plain",
+            "a@b",
+            "a@@b.com",
+            ".a@b.com",
+            "a..b@c.com",
+            "a@-b.com",
+            "a@b.123",
+            "a b@c.com",
+            "x@y.com\r\nBcc: evil@z.com",
+            "Name <a@b.com> trailing",
+            "<a@b.com",
+        ] {
             assert!(Mailbox::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

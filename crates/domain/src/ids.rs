@@ -48,4 +48,14 @@ macro_rules! typed_id {
     )*};
 }
 
-typed_id!(TenantId, UserId, ProjectId, ApiKeyId, ProviderId, MessageId, EventId, JobId, TokenFamilyId);
+typed_id!(
+    TenantId,
+    UserId,
+    ProjectId,
+    ApiKeyId,
+    ProviderId,
+    MessageId,
+    EventId,
+    JobId,
+    TokenFamilyId
+);

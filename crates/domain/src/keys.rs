@@ -30,14 +30,21 @@ impl RawApiKey {
     pub fn generate() -> Self {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
-        Self(format!("{}{}", Self::PREFIX, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+        Self(format!(
+            "{}{}",
+            Self::PREFIX,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        ))
     }
 
     /// Accepts a presented key of the right shape; anything else is simply not a key.
     pub fn parse(s: &str) -> Option<Self> {
         let body = s.strip_prefix(Self::PREFIX)?;
-        (body.len() == 43 && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-            .then(|| Self(s.to_string()))
+        (body.len() == 43
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .then(|| Self(s.to_string()))
     }
 
     /// The first characters, stored in clear so users can tell keys apart.

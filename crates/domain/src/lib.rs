@@ -13,7 +13,7 @@ pub use email::{EmailAddress, Mailbox};
 pub use error::{FieldError, ValidationErrors};
 pub use ids::*;
 pub use keys::{ApiKeyHash, RawApiKey, Sha256Hex};
-pub use message::{MessageStatus, EventType};
+pub use message::{EventType, MessageStatus};
 pub use role::Role;
 pub use text::{HeaderName, HeaderValue, Password, Slug};
 

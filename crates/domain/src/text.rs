@@ -20,7 +20,11 @@ impl Slug {
         }
         let trimmed: String = out.trim_end_matches('-').chars().take(48).collect();
         let trimmed = trimmed.trim_end_matches('-');
-        Self(if trimmed.is_empty() { fallback.to_string() } else { trimmed.to_string() })
+        Self(if trimmed.is_empty() {
+            fallback.to_string()
+        } else {
+            trimmed.to_string()
+        })
     }
 
     pub fn with_suffix(&self, n: u32) -> Self {
@@ -68,8 +72,19 @@ impl fmt::Debug for Password {
 }
 
 /// Headers CourierX writes itself; a caller may not set them through `headers`.
-const RESERVED_HEADERS: &[&str] =
-    &["from", "to", "cc", "bcc", "subject", "message-id", "date", "mime-version", "reply-to", "sender", "return-path"];
+const RESERVED_HEADERS: &[&str] = &[
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "message-id",
+    "date",
+    "mime-version",
+    "reply-to",
+    "sender",
+    "return-path",
+];
 
 /// A custom header name a caller may set: RFC 5322 field-name characters, not one CourierX owns.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -86,7 +101,9 @@ impl HeaderName {
         }
         let lower = s.to_ascii_lowercase();
         if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("content-") {
-            return Err(format!("header `{s}` is set by CourierX and cannot be overridden"));
+            return Err(format!(
+                "header `{s}` is set by CourierX and cannot be overridden"
+            ));
         }
         Ok(Self(s.to_string()))
     }
@@ -123,7 +140,10 @@ mod tests {
 
     #[test]
     fn slugs() {
-        assert_eq!(Slug::from_name("  Acme Corp, Inc. ", "x").as_str(), "acme-corp-inc");
+        assert_eq!(
+            Slug::from_name("  Acme Corp, Inc. ", "x").as_str(),
+            "acme-corp-inc"
+        );
         assert_eq!(Slug::from_name("!!!", "project").as_str(), "project");
     }
 

@@ -2,7 +2,9 @@
 //! and (with an `Idempotency-Key`) the saved response, before the API answers 202.
 
 use crate::Engine;
-use courierx_domain::{HeaderName, HeaderValue, JobId, Mailbox, MessageId, MessageStatus, ProjectId, TenantId, now_ms};
+use courierx_domain::{
+    HeaderName, HeaderValue, JobId, Mailbox, MessageId, MessageStatus, ProjectId, TenantId, now_ms,
+};
 use courierx_store::StoreError;
 use courierx_store::idempotency::NewIdempotency;
 use courierx_store::messages::MessageRow;
@@ -59,8 +61,16 @@ fn addrs(list: &[Mailbox]) -> String {
 }
 
 impl Engine {
-    async fn replay_or_conflict(&self, project: ProjectId, claim: &IdempotencyClaim) -> Result<Option<Accepted>, AcceptError> {
-        let Some(row) = self.db.get_idempotency(project, &claim.key, now_ms()).await? else {
+    async fn replay_or_conflict(
+        &self,
+        project: ProjectId,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<Accepted>, AcceptError> {
+        let Some(row) = self
+            .db
+            .get_idempotency(project, &claim.key, now_ms())
+            .await?
+        else {
             return Ok(None);
         };
         if row.request_hash != claim.request_hash {
@@ -88,8 +98,16 @@ impl Engine {
         let now = now_ms();
         let id = MessageId::new();
         let body = json!({"id": id.to_string(), "status": MessageStatus::Queued.as_str(), "created_at": rfc3339(now)});
-        let headers: Map<String, Value> =
-            msg.headers.iter().map(|(n, v)| (n.as_str().to_string(), Value::String(v.as_str().to_string()))).collect();
+        let headers: Map<String, Value> = msg
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    Value::String(v.as_str().to_string()),
+                )
+            })
+            .collect();
         let row = MessageRow {
             id: id.to_string(),
             tenant_id: tenant.to_string(),
@@ -136,10 +154,17 @@ impl Engine {
             && let Some(claim) = &idem
         {
             // A concurrent request with the same key committed first.
-            return self.replay_or_conflict(project, claim).await?.ok_or(AcceptError::Store(StoreError::NotFound));
+            return self
+                .replay_or_conflict(project, claim)
+                .await?
+                .ok_or(AcceptError::Store(StoreError::NotFound));
         }
         self.wake.notify_one();
         metrics::counter!("courierx_messages_accepted_total").increment(1);
-        Ok(Accepted { status: 202, body, replayed: false })
+        Ok(Accepted {
+            status: 202,
+            body,
+            replayed: false,
+        })
     }
 }

@@ -22,22 +22,32 @@ pub enum AuthError {
 /// Hashes on the blocking pool: argon2id is deliberately slow and must not stall the runtime.
 pub async fn hash_password(password: String) -> Result<String, AuthError> {
     tokio::task::spawn_blocking(move || {
-        Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| AuthError::Hash(e.to_string()))
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| AuthError::Hash(e.to_string()))
     })
     .await
     .map_err(|e| AuthError::Hash(e.to_string()))?
 }
 
 pub async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || Argon2::default().verify_password(password.as_bytes(), hash.as_str()).is_ok())
-        .await
-        .unwrap_or(false)
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .verify_password(password.as_bytes(), hash.as_str())
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// A hash of a random password: login against an unknown email runs the same verification work,
 /// so timing does not reveal whether an account exists.
 pub static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    Argon2::default().hash_password(b"courierx-dummy-password").map(|h| h.to_string()).unwrap_or_default()
+    Argon2::default()
+        .hash_password(b"courierx-dummy-password")
+        .map(|h| h.to_string())
+        .unwrap_or_default()
 });
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,21 +74,46 @@ pub struct TokenKeys {
 impl TokenKeys {
     pub fn derive(key: &SecretKey) -> Self {
         let k = key.derive("jwt-hs256");
-        Self { enc: EncodingKey::from_secret(&k), dec: DecodingKey::from_secret(&k) }
+        Self {
+            enc: EncodingKey::from_secret(&k),
+            dec: DecodingKey::from_secret(&k),
+        }
     }
 
-    pub fn issue_access(&self, user: UserId, tenant: TenantId, role: Role, now_secs: i64) -> Result<String, AuthError> {
-        let claims = Claims { sub: user.to_string(), tid: tenant.to_string(), role, iat: now_secs, exp: now_secs + ACCESS_TTL_SECS };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc).map_err(|e| AuthError::Hash(e.to_string()))
+    pub fn issue_access(
+        &self,
+        user: UserId,
+        tenant: TenantId,
+        role: Role,
+        now_secs: i64,
+    ) -> Result<String, AuthError> {
+        let claims = Claims {
+            sub: user.to_string(),
+            tid: tenant.to_string(),
+            role,
+            iat: now_secs,
+            exp: now_secs + ACCESS_TTL_SECS,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
+            .map_err(|e| AuthError::Hash(e.to_string()))
     }
 
     pub fn verify_access(&self, token: &str) -> Result<AccessClaims, AuthError> {
         let mut v = Validation::new(Algorithm::HS256);
         v.leeway = 5;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &v).map_err(|_| AuthError::InvalidToken)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &v)
+            .map_err(|_| AuthError::InvalidToken)?;
         Ok(AccessClaims {
-            user: data.claims.sub.parse().map_err(|_| AuthError::InvalidToken)?,
-            tenant: data.claims.tid.parse().map_err(|_| AuthError::InvalidToken)?,
+            user: data
+                .claims
+                .sub
+                .parse()
+                .map_err(|_| AuthError::InvalidToken)?,
+            tenant: data
+                .claims
+                .tid
+                .parse()
+                .map_err(|_| AuthError::InvalidToken)?,
             role: data.claims.role,
         })
     }
@@ -88,7 +123,10 @@ impl TokenKeys {
 pub fn new_refresh_token() -> String {
     let mut b = [0u8; 32];
     rand::rng().fill_bytes(&mut b);
-    format!("cxr_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+    format!(
+        "cxr_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    )
 }
 
 #[cfg(test)]

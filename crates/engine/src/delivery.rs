@@ -52,7 +52,11 @@ impl Worker {
                 continue;
             }
             let now = now_ms();
-            let jobs = match e.db.claim_jobs(&self.id, now, e.cfg.lease_ms, free.min(256) as i64).await {
+            let jobs = match e
+                .db
+                .claim_jobs(&self.id, now, e.cfg.lease_ms, free.min(256) as i64)
+                .await
+            {
                 Ok(j) => j,
                 Err(err) => {
                     tracing::warn!(error = %err, "claiming jobs failed");
@@ -65,7 +69,9 @@ impl Worker {
             };
             if jobs.is_empty() {
                 let wait = match e.db.next_job_due().await {
-                    Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(0, IDLE_MAX.as_millis() as i64) as u64),
+                    Ok(Some(due)) => Duration::from_millis(
+                        (due - now_ms()).clamp(0, IDLE_MAX.as_millis() as i64) as u64,
+                    ),
                     _ => IDLE_MAX,
                 };
                 tokio::select! {
@@ -76,7 +82,9 @@ impl Worker {
                 continue;
             }
             for job in jobs {
-                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
                 if let Ok(mut m) = inflight.lock() {
                     m.insert(job.id.clone(), job.message_id.clone());
                 }
@@ -92,10 +100,16 @@ impl Worker {
             }
         }
         let grace = Duration::from_millis(e.cfg.shutdown_grace_ms);
-        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
             tasks.abort_all();
         }
-        let left: Vec<(String, String)> = inflight.lock().map(|m| m.clone().into_iter().collect()).unwrap_or_default();
+        let left: Vec<(String, String)> = inflight
+            .lock()
+            .map(|m| m.clone().into_iter().collect())
+            .unwrap_or_default();
         for (job, message) in left {
             if let Err(err) = e.db.release_job(&job, &message, now_ms()).await {
                 tracing::warn!(error = %err, job, "could not release job at shutdown; its lease will expire");
@@ -106,19 +120,31 @@ impl Worker {
 }
 
 fn hostname() -> String {
-    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "worker".into())
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
 }
 
 fn parse_list(json: &str) -> Vec<Mailbox> {
-    serde_json::from_str::<Vec<String>>(json).unwrap_or_default().iter().filter_map(|s| Mailbox::parse(s).ok()).collect()
+    serde_json::from_str::<Vec<String>>(json)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| Mailbox::parse(s).ok())
+        .collect()
 }
 
 /// Rebuilds the outbound email from its stored row (stored values were validated on the way in).
 fn outbound(m: &MessageRow) -> Result<OutboundEmail, SendError> {
-    let from = Mailbox::parse(&m.from_addr).map_err(|e| SendError::Permanent(format!("stored from address: {e}")))?;
-    let headers: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&m.headers).unwrap_or_default();
+    let from = Mailbox::parse(&m.from_addr)
+        .map_err(|e| SendError::Permanent(format!("stored from address: {e}")))?;
+    let headers: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&m.headers).unwrap_or_default();
     Ok(OutboundEmail {
-        message_id: m.id.parse().map_err(|_| SendError::Permanent("stored message id is malformed".into()))?,
+        message_id: m
+            .id
+            .parse()
+            .map_err(|_| SendError::Permanent("stored message id is malformed".into()))?,
         created_at: m.created_at,
         from,
         to: parse_list(&m.to_addrs),
@@ -128,7 +154,10 @@ fn outbound(m: &MessageRow) -> Result<OutboundEmail, SendError> {
         subject: m.subject.clone(),
         html: m.html.clone(),
         text: m.text_body.clone(),
-        headers: headers.into_iter().filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string()))).collect(),
+        headers: headers
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
+            .collect(),
         idempotency_key: m.idempotency_key.clone(),
     })
 }
@@ -139,7 +168,18 @@ async fn deliver(e: &Engine, job: ClaimedJob) {
         Ok(Some(m)) => m,
         Ok(None) => {
             tracing::warn!(job = job.id, "job without message; dropping it");
-            finish(e, &job, None, None, started, Outcome::Failed { job_id: job.id.clone(), error: "message not found".into() }).await;
+            finish(
+                e,
+                &job,
+                None,
+                None,
+                started,
+                Outcome::Failed {
+                    job_id: job.id.clone(),
+                    error: "message not found".into(),
+                },
+            )
+            .await;
             return;
         }
         Err(err) => {
@@ -147,7 +187,11 @@ async fn deliver(e: &Engine, job: ClaimedJob) {
             return;
         }
     };
-    let provider_row = match e.db.default_provider_of_project(&msg.tenant_id, &msg.project_id).await {
+    let provider_row = match e
+        .db
+        .default_provider_of_project(&msg.tenant_id, &msg.project_id)
+        .await
+    {
         Ok(p) => p,
         Err(err) => {
             tracing::warn!(error = %err, "loading provider failed; the lease will expire and retry");
@@ -156,16 +200,23 @@ async fn deliver(e: &Engine, job: ClaimedJob) {
     };
     let provider_id = provider_row.as_ref().map(|p| p.id.clone());
     let result: Result<SendReceipt, SendError> = match &provider_row {
-        None => Err(SendError::Transient("the project has no default provider; set one and the message will be retried".into())),
+        None => Err(SendError::Transient(
+            "the project has no default provider; set one and the message will be retried".into(),
+        )),
         Some(row) => match e.providers.get(row, &e.secrets) {
-            Err(err) => Err(SendError::Transient(format!("provider cannot be used: {err}"))),
+            Err(err) => Err(SendError::Transient(format!(
+                "provider cannot be used: {err}"
+            ))),
             Ok(p) => match outbound(&msg) {
                 Ok(email) => p.send(&email).await,
                 Err(err) => Err(err),
             },
         },
     };
-    let kind = provider_row.as_ref().map(|r| r.kind.clone()).unwrap_or_default();
+    let kind = provider_row
+        .as_ref()
+        .map(|r| r.kind.clone())
+        .unwrap_or_default();
     let outcome = match result {
         Ok(receipt) => {
             let sandbox = receipt.captured.map(|mime| SandboxRow {
@@ -181,15 +232,29 @@ async fn deliver(e: &Engine, job: ClaimedJob) {
             });
             metrics::histogram!("courierx_delivery_latency_seconds", "provider" => kind.clone())
                 .record((now_ms() - msg.created_at).max(0) as f64 / 1000.0);
-            Outcome::Sent { job_id: job.id.clone(), provider_message_id: receipt.provider_message_id, sandbox }
+            Outcome::Sent {
+                job_id: job.id.clone(),
+                provider_message_id: receipt.provider_message_id,
+                sandbox,
+            }
         }
-        Err(SendError::Permanent(error)) => Outcome::Failed { job_id: job.id.clone(), error },
+        Err(SendError::Permanent(error)) => Outcome::Failed {
+            job_id: job.id.clone(),
+            error,
+        },
         Err(SendError::Transient(error) | SendError::ProviderDown(error)) => {
             if job.attempts >= job.max_attempts {
-                Outcome::Failed { job_id: job.id.clone(), error: format!("{error} (gave up after {} attempts)", job.attempts) }
+                Outcome::Failed {
+                    job_id: job.id.clone(),
+                    error: format!("{error} (gave up after {} attempts)", job.attempts),
+                }
             } else {
                 let wait = delay_ms(job.attempts, e.cfg.backoff_base_ms, e.cfg.backoff_max_ms);
-                Outcome::Retry { job_id: job.id.clone(), run_at: now_ms() + wait, error }
+                Outcome::Retry {
+                    job_id: job.id.clone(),
+                    run_at: now_ms() + wait,
+                    error,
+                }
             }
         }
     };
@@ -198,13 +263,23 @@ async fn deliver(e: &Engine, job: ClaimedJob) {
         Outcome::Retry { .. } => "retry",
         Outcome::Failed { .. } => "failed",
     };
-    metrics::counter!("courierx_delivery_attempts_total", "provider" => kind, "outcome" => label).increment(1);
+    metrics::counter!("courierx_delivery_attempts_total", "provider" => kind, "outcome" => label)
+        .increment(1);
     finish(e, &job, Some(&msg), provider_id, started, outcome).await;
 }
 
-async fn finish(e: &Engine, job: &ClaimedJob, msg: Option<&MessageRow>, provider_id: Option<String>, started: Instant, outcome: Outcome) {
+async fn finish(
+    e: &Engine,
+    job: &ClaimedJob,
+    msg: Option<&MessageRow>,
+    provider_id: Option<String>,
+    started: Instant,
+    outcome: Outcome,
+) {
     let rec = AttemptRecord {
-        tenant_id: msg.map(|m| m.tenant_id.clone()).unwrap_or_else(|| job.tenant_id.clone()),
+        tenant_id: msg
+            .map(|m| m.tenant_id.clone())
+            .unwrap_or_else(|| job.tenant_id.clone()),
         message_id: job.message_id.clone(),
         provider_id,
         attempt: job.attempts,

@@ -23,7 +23,11 @@ pub enum ProviderError {
 }
 
 /// Splits a validated config into what may be shown (public) and what is sealed (secrets).
-pub fn split_secrets(kind: &ProviderKind, config: &Value, secrets: &SecretBox) -> (Value, Option<String>) {
+pub fn split_secrets(
+    kind: &ProviderKind,
+    config: &Value,
+    secrets: &SecretBox,
+) -> (Value, Option<String>) {
     let mut public = config.as_object().cloned().unwrap_or_default();
     let mut secret = Map::new();
     for f in kind.secret_fields {
@@ -33,7 +37,8 @@ pub fn split_secrets(kind: &ProviderKind, config: &Value, secrets: &SecretBox) -
             secret.insert((*f).to_string(), v);
         }
     }
-    let sealed = (!secret.is_empty()).then(|| secrets.seal(Value::Object(secret).to_string().as_bytes()));
+    let sealed =
+        (!secret.is_empty()).then(|| secrets.seal(Value::Object(secret).to_string().as_bytes()));
     (Value::Object(public), sealed)
 }
 
@@ -41,8 +46,11 @@ pub fn split_secrets(kind: &ProviderKind, config: &Value, secrets: &SecretBox) -
 pub fn full_config(row: &ProviderRow, secrets: &SecretBox) -> Result<Value, ProviderError> {
     let mut cfg: Map<String, Value> = serde_json::from_str(&row.config_public).unwrap_or_default();
     if let Some(sealed) = &row.secret_ciphertext {
-        let plain = secrets.open(sealed).map_err(|_| ProviderError::Undecryptable)?;
-        let secret: Map<String, Value> = serde_json::from_slice(&plain).map_err(|_| ProviderError::Undecryptable)?;
+        let plain = secrets
+            .open(sealed)
+            .map_err(|_| ProviderError::Undecryptable)?;
+        let secret: Map<String, Value> =
+            serde_json::from_slice(&plain).map_err(|_| ProviderError::Undecryptable)?;
         cfg.extend(secret);
     }
     Ok(Value::Object(cfg))
@@ -88,7 +96,11 @@ pub struct ProviderCache {
 
 impl ProviderCache {
     /// The live instance for a stored provider, rebuilt when the row changed since it was built.
-    pub fn get(&self, row: &ProviderRow, secrets: &SecretBox) -> Result<Arc<dyn EmailProvider>, ProviderError> {
+    pub fn get(
+        &self,
+        row: &ProviderRow,
+        secrets: &SecretBox,
+    ) -> Result<Arc<dyn EmailProvider>, ProviderError> {
         if let Ok(map) = self.inner.read()
             && let Some((updated, p)) = map.get(&row.id)
             && *updated == row.updated_at

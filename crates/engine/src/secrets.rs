@@ -61,7 +61,9 @@ pub struct SecretBox {
 impl SecretBox {
     pub fn new(key: &SecretKey) -> Self {
         let k = key.derive("secrets-v1");
-        Self { cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(k)) }
+        Self {
+            cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(k)),
+        }
     }
 
     pub fn seal(&self, plaintext: &[u8]) -> String {
@@ -78,9 +80,17 @@ impl SecretBox {
         let (Some("v1"), Some(n), Some(ct)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(SecretError::Undecryptable);
         };
-        let n: [u8; 12] = STANDARD.decode(n).ok().and_then(|v| v.try_into().ok()).ok_or(SecretError::Undecryptable)?;
-        let ct = STANDARD.decode(ct).map_err(|_| SecretError::Undecryptable)?;
-        self.cipher.decrypt(&aes_gcm::Nonce::from(n), ct.as_ref()).map_err(|_| SecretError::Undecryptable)
+        let n: [u8; 12] = STANDARD
+            .decode(n)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or(SecretError::Undecryptable)?;
+        let ct = STANDARD
+            .decode(ct)
+            .map_err(|_| SecretError::Undecryptable)?;
+        self.cipher
+            .decrypt(&aes_gcm::Nonce::from(n), ct.as_ref())
+            .map_err(|_| SecretError::Undecryptable)
     }
 }
 

@@ -81,6 +81,8 @@ pub trait EmailProvider: Send + Sync {
 }
 
 /// Reads a typed config from JSON, turning serde's complaint into a field error under `config`.
-pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ValidationErrors> {
+pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(
+    v: &Value,
+) -> Result<T, ValidationErrors> {
     serde_json::from_value(v.clone()).map_err(|e| ValidationErrors::single("config", e.to_string()))
 }

@@ -46,13 +46,22 @@ pub fn render(email: &OutboundEmail) -> Result<RenderedMime, SendError> {
         b = b.reply_to(mailbox(r)?);
     }
     for (name, value) in &email.headers {
-        let name = HeaderName::new_from_ascii(name.clone()).map_err(|e| SendError::Permanent(format!("header {name}: {e}")))?;
+        let name = HeaderName::new_from_ascii(name.clone())
+            .map_err(|e| SendError::Permanent(format!("header {name}: {e}")))?;
         b = b.raw_header(HeaderValue::new(name, value.clone()));
     }
     let built = match (&email.text, &email.html) {
         (Some(t), Some(h)) => b.multipart(MultiPart::alternative_plain_html(t.clone(), h.clone())),
-        (None, Some(h)) => b.singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(h.clone())),
-        (Some(t), None) => b.singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(t.clone())),
+        (None, Some(h)) => b.singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_HTML)
+                .body(h.clone()),
+        ),
+        (Some(t), None) => b.singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(t.clone()),
+        ),
         (None, None) => return Err(SendError::Permanent("message has no body".into())),
     }
     .map_err(|e| SendError::Permanent(format!("cannot build message: {e}")))?;

@@ -19,7 +19,10 @@ fn validate(v: &Value) -> Result<Value, ValidationErrors> {
     match v {
         Value::Object(m) if m.is_empty() => Ok(Value::Object(Default::default())),
         Value::Null => Ok(Value::Object(Default::default())),
-        _ => Err(ValidationErrors::single("config", "the sandbox provider takes no settings")),
+        _ => Err(ValidationErrors::single(
+            "config",
+            "the sandbox provider takes no settings",
+        )),
     }
 }
 
@@ -33,10 +36,16 @@ pub struct Sandbox;
 impl EmailProvider for Sandbox {
     async fn send(&self, email: &OutboundEmail) -> Result<SendReceipt, SendError> {
         let mime = crate::mime::render(email)?;
-        Ok(SendReceipt { provider_message_id: Some(mime.message_id.clone()), captured: Some(mime) })
+        Ok(SendReceipt {
+            provider_message_id: Some(mime.message_id.clone()),
+            captured: Some(mime),
+        })
     }
 
     async fn health(&self) -> HealthReport {
-        HealthReport { healthy: true, detail: "sandbox keeps messages in the database".into() }
+        HealthReport {
+            healthy: true,
+            detail: "sandbox keeps messages in the database".into(),
+        }
     }
 }

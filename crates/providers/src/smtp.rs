@@ -1,7 +1,9 @@
 //! SMTP through lettre: a pooled connection set per provider, bounded by a semaphore (lettre's
 //! pool caps only idle connections).
 
-use crate::{EmailProvider, HealthReport, OutboundEmail, ProviderKind, SendError, SendReceipt, parse_config};
+use crate::{
+    EmailProvider, HealthReport, OutboundEmail, ProviderKind, SendError, SendReceipt, parse_config,
+};
 use async_trait::async_trait;
 use courierx_domain::ValidationErrors;
 use lettre::address::Envelope;
@@ -65,7 +67,9 @@ fn validate(v: &Value) -> Result<Value, ValidationErrors> {
     let mut errs = ValidationErrors::new();
     let host_ok = !c.host.is_empty()
         && c.host.len() <= 253
-        && c.host.chars().all(|ch| ch.is_ascii_alphanumeric() || ".-:[]".contains(ch));
+        && c.host
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ".-:[]".contains(ch));
     if !host_ok {
         errs.add("config.host", "must be a host name or IP address");
     }
@@ -100,15 +104,21 @@ fn build(v: &Value) -> Result<Arc<dyn EmailProvider>, ValidationErrors> {
     let tls = |host: &str| -> Result<TlsParameters, ValidationErrors> {
         let mut b = TlsParameters::builder(host.to_string());
         if let Some(pem) = &c.ca_cert_pem {
-            let cert = Certificate::from_pem(pem.as_bytes()).map_err(|e| ValidationErrors::single("config.ca_cert_pem", e.to_string()))?;
+            let cert = Certificate::from_pem(pem.as_bytes())
+                .map_err(|e| ValidationErrors::single("config.ca_cert_pem", e.to_string()))?;
             b = b.add_root_certificate(cert);
         }
-        b.build_rustls().map_err(|e| ValidationErrors::single("config", e.to_string()))
+        b.build_rustls()
+            .map_err(|e| ValidationErrors::single("config", e.to_string()))
     };
     let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(c.host.clone())
         .port(c.port.unwrap_or(25))
         .timeout(Some(Duration::from_millis(c.timeout_ms)))
-        .pool_config(PoolConfig::new().max_size(c.pool_size).idle_timeout(Duration::from_secs(60)));
+        .pool_config(
+            PoolConfig::new()
+                .max_size(c.pool_size)
+                .idle_timeout(Duration::from_secs(60)),
+        );
     b = match c.security {
         Security::None => b.tls(Tls::None),
         Security::Starttls => b.tls(Tls::Required(tls(&c.host)?)),
@@ -118,9 +128,14 @@ fn build(v: &Value) -> Result<Arc<dyn EmailProvider>, ValidationErrors> {
         b = b.credentials(Credentials::new(u.clone(), p.clone()));
     }
     if let Some(h) = &c.hello_name {
-        b = b.hello_name(lettre::transport::smtp::extension::ClientId::Domain(h.clone()));
+        b = b.hello_name(lettre::transport::smtp::extension::ClientId::Domain(
+            h.clone(),
+        ));
     }
-    Ok(Arc::new(Smtp { transport: b.build(), permits: Semaphore::new(c.pool_size as usize) }))
+    Ok(Arc::new(Smtp {
+        transport: b.build(),
+        permits: Semaphore::new(c.pool_size as usize),
+    }))
 }
 
 pub struct Smtp {
@@ -144,20 +159,47 @@ fn classify(e: lettre::transport::smtp::Error) -> SendError {
 impl EmailProvider for Smtp {
     async fn send(&self, email: &OutboundEmail) -> Result<SendReceipt, SendError> {
         let mime = crate::mime::render(email)?;
-        let parse = |s: &str| s.parse::<Address>().map_err(|e| SendError::Permanent(format!("address {s}: {e}")));
+        let parse = |s: &str| {
+            s.parse::<Address>()
+                .map_err(|e| SendError::Permanent(format!("address {s}: {e}")))
+        };
         let from = parse(&mime.envelope_from)?;
-        let to = mime.envelope_to.iter().map(|a| parse(a)).collect::<Result<Vec<_>, _>>()?;
-        let envelope = Envelope::new(Some(from), to).map_err(|e| SendError::Permanent(e.to_string()))?;
-        let _permit = self.permits.acquire().await.map_err(|_| SendError::Transient("provider is shutting down".into()))?;
-        self.transport.send_raw(&envelope, &mime.bytes).await.map_err(classify)?;
-        Ok(SendReceipt { provider_message_id: Some(mime.message_id), captured: None })
+        let to = mime
+            .envelope_to
+            .iter()
+            .map(|a| parse(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envelope =
+            Envelope::new(Some(from), to).map_err(|e| SendError::Permanent(e.to_string()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| SendError::Transient("provider is shutting down".into()))?;
+        self.transport
+            .send_raw(&envelope, &mime.bytes)
+            .await
+            .map_err(classify)?;
+        Ok(SendReceipt {
+            provider_message_id: Some(mime.message_id),
+            captured: None,
+        })
     }
 
     async fn health(&self) -> HealthReport {
         match self.transport.test_connection().await {
-            Ok(true) => HealthReport { healthy: true, detail: "connected, EHLO and authentication accepted".into() },
-            Ok(false) => HealthReport { healthy: false, detail: "server did not answer NOOP".into() },
-            Err(e) => HealthReport { healthy: false, detail: format!("SMTP: {e}") },
+            Ok(true) => HealthReport {
+                healthy: true,
+                detail: "connected, EHLO and authentication accepted".into(),
+            },
+            Ok(false) => HealthReport {
+                healthy: false,
+                detail: "server did not answer NOOP".into(),
+            },
+            Err(e) => HealthReport {
+                healthy: false,
+                detail: format!("SMTP: {e}"),
+            },
         }
     }
 }

@@ -23,7 +23,12 @@ pub struct NewIdempotency {
 }
 
 impl Db {
-    pub async fn get_idempotency(&self, project: ProjectId, key: &str, now: Millis) -> Result<Option<IdempotencyRow>> {
+    pub async fn get_idempotency(
+        &self,
+        project: ProjectId,
+        key: &str,
+        now: Millis,
+    ) -> Result<Option<IdempotencyRow>> {
         Ok(on!(self, p => sqlx::query_as::<_, IdempotencyRow>(
             "SELECT request_hash, response_status, response_body, expires_at FROM idempotency_keys
              WHERE project_id = $1 AND key = $2 AND expires_at > $3")
@@ -31,7 +36,9 @@ impl Db {
     }
 
     pub async fn prune_idempotency(&self, now: Millis) -> Result<u64> {
-        Ok(on!(self, p => sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1").bind(now).execute(p).await.map(|r| r.rows_affected()))?)
+        Ok(
+            on!(self, p => sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1").bind(now).execute(p).await.map(|r| r.rows_affected()))?,
+        )
     }
 }
 

@@ -26,7 +26,13 @@ const CLAIM_POSTGRES: &str = "UPDATE jobs SET lease_until = $1, locked_by = $2, 
 impl Db {
     /// Claims up to `limit` due jobs for `worker` until `now + lease_ms`, and marks their messages
     /// `sending`, in one transaction.
-    pub async fn claim_jobs(&self, worker: &str, now: Millis, lease_ms: i64, limit: i64) -> Result<Vec<ClaimedJob>> {
+    pub async fn claim_jobs(
+        &self,
+        worker: &str,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedJob>> {
         let mut tx = self.begin().await?;
         let sql = match self {
             Db::Sqlite(_) => CLAIM_SQLITE,
@@ -64,7 +70,12 @@ impl Db {
     }
 
     /// Test and operations helper: claims one specific job as if a worker had taken it.
-    pub async fn force_lease(&self, message_id: &str, worker: &str, lease_until: Millis) -> Result<bool> {
+    pub async fn force_lease(
+        &self,
+        message_id: &str,
+        worker: &str,
+        lease_until: Millis,
+    ) -> Result<bool> {
         let n = on!(self, p => sqlx::query("UPDATE jobs SET lease_until = $1, locked_by = $2, attempts = attempts + 1 WHERE message_id = $3")
             .bind(lease_until).bind(worker).bind(message_id).execute(p).await.map(|r| r.rows_affected()))?;
         on!(self, p => sqlx::query("UPDATE messages SET status = 'sending' WHERE id = $1 AND status = 'queued'").bind(message_id).execute(p).await.map(|r| r.rows_affected()))?;

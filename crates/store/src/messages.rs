@@ -71,23 +71,44 @@ pub struct MessageFilter<'a> {
 }
 
 impl Db {
-    pub async fn get_message(&self, tenant: TenantId, project: Option<ProjectId>, id: MessageId) -> Result<Option<MessageRow>> {
-        let sql = format!("SELECT {MESSAGE_COLS} FROM messages WHERE tenant_id = $1 AND id = $2 AND ($3 IS NULL OR project_id = $3)");
-        Ok(on!(self, p => sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(sql))
-            .bind(tenant.to_string()).bind(id.to_string()).bind(project.map(|p| p.to_string())).fetch_optional(p).await)?)
+    pub async fn get_message(
+        &self,
+        tenant: TenantId,
+        project: Option<ProjectId>,
+        id: MessageId,
+    ) -> Result<Option<MessageRow>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLS} FROM messages WHERE tenant_id = $1 AND id = $2 AND ($3 IS NULL OR project_id = $3)"
+        );
+        Ok(
+            on!(self, p => sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.to_string()).bind(id.to_string()).bind(project.map(|p| p.to_string())).fetch_optional(p).await)?,
+        )
     }
 
     /// Loads a message for delivery (the worker already holds the job's lease).
     pub async fn load_message_for_delivery(&self, id: &str) -> Result<Option<MessageRow>> {
         let sql = format!("SELECT {MESSAGE_COLS} FROM messages WHERE id = $1");
-        Ok(on!(self, p => sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(p).await)?)
+        Ok(
+            on!(self, p => sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(p).await)?,
+        )
     }
 
-    pub async fn list_messages(&self, tenant: TenantId, f: &MessageFilter<'_>) -> Result<Vec<MessageSummaryRow>> {
+    pub async fn list_messages(
+        &self,
+        tenant: TenantId,
+        f: &MessageFilter<'_>,
+    ) -> Result<Vec<MessageSummaryRow>> {
         // Tags are a JSON array of strings; match the quoted, JSON-escaped tag inside it.
         let tag_pattern = f.tag.map(|t| {
             let quoted = serde_json::to_string(t).unwrap_or_default();
-            format!("%{}%", quoted.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
+            format!(
+                "%{}%",
+                quoted
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            )
         });
         Ok(on!(self, p => sqlx::query_as::<_, MessageSummaryRow>(
             "SELECT id, project_id, status, from_addr, to_addrs, subject, tags, provider_id, attempts, created_at, sent_at

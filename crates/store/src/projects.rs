@@ -63,14 +63,22 @@ impl Db {
     }
 
     pub async fn list_projects(&self, tenant: TenantId) -> Result<Vec<ProjectRow>> {
-        let sql = format!("SELECT {PROJECT_COLS} FROM projects WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY id");
-        Ok(on!(self, p => sqlx::query_as::<_, ProjectRow>(sqlx::AssertSqlSafe(sql)).bind(tenant.to_string()).fetch_all(p).await)?)
+        let sql = format!(
+            "SELECT {PROJECT_COLS} FROM projects WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY id"
+        );
+        Ok(
+            on!(self, p => sqlx::query_as::<_, ProjectRow>(sqlx::AssertSqlSafe(sql)).bind(tenant.to_string()).fetch_all(p).await)?,
+        )
     }
 
     pub async fn get_project(&self, tenant: TenantId, id: ProjectId) -> Result<Option<ProjectRow>> {
-        let sql = format!("SELECT {PROJECT_COLS} FROM projects WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL");
-        Ok(on!(self, p => sqlx::query_as::<_, ProjectRow>(sqlx::AssertSqlSafe(sql))
-            .bind(tenant.to_string()).bind(id.to_string()).fetch_optional(p).await)?)
+        let sql = format!(
+            "SELECT {PROJECT_COLS} FROM projects WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL"
+        );
+        Ok(
+            on!(self, p => sqlx::query_as::<_, ProjectRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.to_string()).bind(id.to_string()).fetch_optional(p).await)?,
+        )
     }
 
     pub async fn update_project(
@@ -95,7 +103,12 @@ impl Db {
     }
 
     /// Soft-deletes a project (its messages stay for history) and revokes its keys.
-    pub async fn delete_project(&self, tenant: TenantId, id: ProjectId, now: Millis) -> Result<bool> {
+    pub async fn delete_project(
+        &self,
+        tenant: TenantId,
+        id: ProjectId,
+        now: Millis,
+    ) -> Result<bool> {
         let n = on!(self, p => sqlx::query("UPDATE projects SET deleted_at = $1 WHERE tenant_id = $2 AND id = $3 AND deleted_at IS NULL")
             .bind(now).bind(tenant.to_string()).bind(id.to_string()).execute(p).await.map(|r| r.rows_affected()))?;
         on!(self, p => sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE tenant_id = $2 AND project_id = $3 AND revoked_at IS NULL")
@@ -132,7 +145,11 @@ impl Db {
         })
     }
 
-    pub async fn list_api_keys(&self, tenant: TenantId, project: ProjectId) -> Result<Vec<ApiKeyRow>> {
+    pub async fn list_api_keys(
+        &self,
+        tenant: TenantId,
+        project: ProjectId,
+    ) -> Result<Vec<ApiKeyRow>> {
         Ok(on!(self, p => sqlx::query_as::<_, ApiKeyRow>(
             "SELECT id, project_id, name, prefix, created_at, expires_at, last_used_at, revoked_at
              FROM api_keys WHERE tenant_id = $1 AND project_id = $2 ORDER BY id")
@@ -140,7 +157,13 @@ impl Db {
     }
 
     /// Revokes a key; false when no such key exists in this tenant's project.
-    pub async fn revoke_api_key(&self, tenant: TenantId, project: ProjectId, id: ApiKeyId, now: Millis) -> Result<bool> {
+    pub async fn revoke_api_key(
+        &self,
+        tenant: TenantId,
+        project: ProjectId,
+        id: ApiKeyId,
+        now: Millis,
+    ) -> Result<bool> {
         let n = on!(self, p => sqlx::query(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE tenant_id = $2 AND project_id = $3 AND id = $4")
             .bind(now).bind(tenant.to_string()).bind(project.to_string()).bind(id.to_string())

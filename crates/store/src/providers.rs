@@ -31,14 +31,26 @@ impl Db {
     }
 
     pub async fn list_providers(&self, tenant: TenantId) -> Result<Vec<ProviderRow>> {
-        let sql = format!("SELECT {COLS} FROM providers WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY id");
-        Ok(on!(self, p => sqlx::query_as::<_, ProviderRow>(sqlx::AssertSqlSafe(sql)).bind(tenant.to_string()).fetch_all(p).await)?)
+        let sql = format!(
+            "SELECT {COLS} FROM providers WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY id"
+        );
+        Ok(
+            on!(self, p => sqlx::query_as::<_, ProviderRow>(sqlx::AssertSqlSafe(sql)).bind(tenant.to_string()).fetch_all(p).await)?,
+        )
     }
 
-    pub async fn get_provider(&self, tenant: TenantId, id: ProviderId) -> Result<Option<ProviderRow>> {
-        let sql = format!("SELECT {COLS} FROM providers WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL");
-        Ok(on!(self, p => sqlx::query_as::<_, ProviderRow>(sqlx::AssertSqlSafe(sql))
-            .bind(tenant.to_string()).bind(id.to_string()).fetch_optional(p).await)?)
+    pub async fn get_provider(
+        &self,
+        tenant: TenantId,
+        id: ProviderId,
+    ) -> Result<Option<ProviderRow>> {
+        let sql = format!(
+            "SELECT {COLS} FROM providers WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL"
+        );
+        Ok(
+            on!(self, p => sqlx::query_as::<_, ProviderRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.to_string()).bind(id.to_string()).fetch_optional(p).await)?,
+        )
     }
 
     pub async fn update_provider(&self, row: &ProviderRow) -> Result<bool> {
@@ -51,7 +63,12 @@ impl Db {
     }
 
     /// Deletes a provider unless a live project still sends through it by default (409).
-    pub async fn delete_provider(&self, tenant: TenantId, id: ProviderId, now: Millis) -> Result<bool> {
+    pub async fn delete_provider(
+        &self,
+        tenant: TenantId,
+        id: ProviderId,
+        now: Millis,
+    ) -> Result<bool> {
         let used: i64 = on!(self, p => sqlx::query_scalar(
             "SELECT COUNT(*) FROM projects WHERE tenant_id = $1 AND default_provider_id = $2 AND deleted_at IS NULL")
             .bind(tenant.to_string()).bind(id.to_string()).fetch_one(p).await)?;
@@ -65,14 +82,22 @@ impl Db {
 
     /// The tenant's built-in sandbox provider (created at registration).
     pub async fn sandbox_provider(&self, tenant: TenantId) -> Result<Option<ProviderRow>> {
-        let sql = format!("SELECT {COLS} FROM providers WHERE tenant_id = $1 AND type = 'sandbox' AND deleted_at IS NULL ORDER BY id LIMIT 1");
-        Ok(on!(self, p => sqlx::query_as::<_, ProviderRow>(sqlx::AssertSqlSafe(sql)).bind(tenant.to_string()).fetch_optional(p).await)?)
+        let sql = format!(
+            "SELECT {COLS} FROM providers WHERE tenant_id = $1 AND type = 'sandbox' AND deleted_at IS NULL ORDER BY id LIMIT 1"
+        );
+        Ok(
+            on!(self, p => sqlx::query_as::<_, ProviderRow>(sqlx::AssertSqlSafe(sql)).bind(tenant.to_string()).fetch_optional(p).await)?,
+        )
     }
 }
 
 impl Db {
     /// The provider a project sends through by default, if it has one that still exists.
-    pub async fn default_provider_of_project(&self, tenant: &str, project: &str) -> Result<Option<ProviderRow>> {
+    pub async fn default_provider_of_project(
+        &self,
+        tenant: &str,
+        project: &str,
+    ) -> Result<Option<ProviderRow>> {
         Ok(on!(self, p => sqlx::query_as::<_, ProviderRow>(
             "SELECT pv.id, pv.tenant_id, pv.name, pv.type, pv.config_public, pv.secret_ciphertext, pv.key_version, pv.created_at, pv.updated_at
              FROM projects pr JOIN providers pv ON pv.id = pr.default_provider_id AND pv.tenant_id = pr.tenant_id

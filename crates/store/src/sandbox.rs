@@ -17,7 +17,12 @@ pub struct SandboxRow {
 }
 
 impl Db {
-    pub async fn list_sandbox(&self, tenant: TenantId, project: ProjectId, limit: i64) -> Result<Vec<SandboxRow>> {
+    pub async fn list_sandbox(
+        &self,
+        tenant: TenantId,
+        project: ProjectId,
+        limit: i64,
+    ) -> Result<Vec<SandboxRow>> {
         Ok(on!(self, p => sqlx::query_as::<_, SandboxRow>(
             "SELECT id, tenant_id, project_id, message_id, raw, from_addr, to_addrs, subject, received_at FROM sandbox_messages
              WHERE tenant_id = $1 AND project_id = $2 ORDER BY id DESC LIMIT $3")

@@ -21,10 +21,17 @@ impl Db {
                     MIN(CASE WHEN run_at <= $1 AND (lease_until IS NULL OR lease_until < $1) THEN run_at END)
              FROM jobs")
             .bind(now).fetch_one(p).await)?;
-        Ok(QueueStats { depth, due, leased, lag_ms: oldest.map(|o| (now - o).max(0)).unwrap_or(0) })
+        Ok(QueueStats {
+            depth,
+            due,
+            leased,
+            lag_ms: oldest.map(|o| (now - o).max(0)).unwrap_or(0),
+        })
     }
 
     pub async fn messages_by_status(&self) -> Result<Vec<(String, i64)>> {
-        Ok(on!(self, p => sqlx::query_as::<_, (String, i64)>("SELECT status, COUNT(*) FROM messages GROUP BY status").fetch_all(p).await)?)
+        Ok(
+            on!(self, p => sqlx::query_as::<_, (String, i64)>("SELECT status, COUNT(*) FROM messages GROUP BY status").fetch_all(p).await)?,
+        )
     }
 }

@@ -55,13 +55,19 @@ const USER_COLS: &str = "id, tenant_id, email, name, password_hash, role, create
 
 impl Db {
     pub async fn count_users(&self) -> Result<i64> {
-        Ok(on!(self, p => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users").fetch_one(p).await)?)
+        Ok(
+            on!(self, p => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users").fetch_one(p).await)?,
+        )
     }
 
     /// Creates a tenant, its owner and its sandbox provider in one transaction. The tenant slug is
     /// made unique by suffixing; a taken email is a conflict. With `only_if_no_users`, the
     /// transaction re-checks inside itself that no user exists (first-user signup).
-    pub async fn create_tenant_with_owner(&self, b: &NewTenantBundle<'_>, only_if_no_users: bool) -> Result<TenantRow> {
+    pub async fn create_tenant_with_owner(
+        &self,
+        b: &NewTenantBundle<'_>,
+        only_if_no_users: bool,
+    ) -> Result<TenantRow> {
         let mut tx = self.begin().await?;
         if only_if_no_users {
             let n: i64 = on_tx!(&mut tx, c => sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&mut *c).await)?;
@@ -87,7 +93,12 @@ impl Db {
              VALUES ($1, $2, 'Sandbox', 'sandbox', '{}', NULL, 1, $3, $3)")
             .bind(b.sandbox_provider_id.to_string()).bind(b.tenant_id.to_string()).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
         tx.commit().await?;
-        Ok(TenantRow { id: b.tenant_id.to_string(), name: b.name.to_string(), slug, created_at: now })
+        Ok(TenantRow {
+            id: b.tenant_id.to_string(),
+            name: b.name.to_string(),
+            slug,
+            created_at: now,
+        })
     }
 
     pub async fn create_user(&self, u: &NewUser<'_>) -> Result<()> {
@@ -98,23 +109,31 @@ impl Db {
 
     pub async fn find_user_by_email(&self, email: &str) -> Result<Option<UserRow>> {
         let sql = format!("SELECT {USER_COLS} FROM users WHERE lower(email) = lower($1)");
-        Ok(on!(self, p => sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql)).bind(email).fetch_optional(p).await)?)
+        Ok(
+            on!(self, p => sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql)).bind(email).fetch_optional(p).await)?,
+        )
     }
 
     pub async fn get_user(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRow>> {
         let sql = format!("SELECT {USER_COLS} FROM users WHERE tenant_id = $1 AND id = $2");
-        Ok(on!(self, p => sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
-            .bind(tenant.to_string()).bind(id.to_string()).fetch_optional(p).await)?)
+        Ok(
+            on!(self, p => sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.to_string()).bind(id.to_string()).fetch_optional(p).await)?,
+        )
     }
 
     pub async fn list_users(&self, tenant: TenantId) -> Result<Vec<UserRow>> {
         let sql = format!("SELECT {USER_COLS} FROM users WHERE tenant_id = $1 ORDER BY id");
-        Ok(on!(self, p => sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql)).bind(tenant.to_string()).fetch_all(p).await)?)
+        Ok(
+            on!(self, p => sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql)).bind(tenant.to_string()).fetch_all(p).await)?,
+        )
     }
 
     pub async fn get_tenant(&self, id: TenantId) -> Result<Option<TenantRow>> {
-        Ok(on!(self, p => sqlx::query_as::<_, TenantRow>("SELECT id, name, slug, created_at FROM tenants WHERE id = $1")
-            .bind(id.to_string()).fetch_optional(p).await)?)
+        Ok(
+            on!(self, p => sqlx::query_as::<_, TenantRow>("SELECT id, name, slug, created_at FROM tenants WHERE id = $1")
+            .bind(id.to_string()).fetch_optional(p).await)?,
+        )
     }
 
     pub async fn insert_refresh_token(
@@ -161,9 +180,15 @@ impl Db {
     }
 
     /// Failures recorded for `key` since `since`, with the oldest one's time (for `retry-after`).
-    pub async fn login_failures_since(&self, key: &str, since: Millis) -> Result<(i64, Option<i64>)> {
-        Ok(on!(self, p => sqlx::query_as::<_, (i64, Option<i64>)>("SELECT COUNT(*), MIN(at) FROM login_failures WHERE key = $1 AND at > $2")
-            .bind(key).bind(since).fetch_one(p).await)?)
+    pub async fn login_failures_since(
+        &self,
+        key: &str,
+        since: Millis,
+    ) -> Result<(i64, Option<i64>)> {
+        Ok(
+            on!(self, p => sqlx::query_as::<_, (i64, Option<i64>)>("SELECT COUNT(*), MIN(at) FROM login_failures WHERE key = $1 AND at > $2")
+            .bind(key).bind(since).fetch_one(p).await)?,
+        )
     }
 
     pub async fn prune_login_failures(&self, before: Millis) -> Result<()> {
@@ -213,6 +238,15 @@ impl Db {
 
 /// Parses a stored id column; a malformed one means the database was edited by hand.
 pub fn parse_id<T: std::str::FromStr>(s: &str) -> Result<T> {
-    s.parse().map_err(|_| StoreError::Corrupt(format!("bad id `{s}`")))
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("bad id `{s}`")))
 }
 
+impl Db {
+    pub async fn find_tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRow>> {
+        Ok(
+            on!(self, p => sqlx::query_as::<_, TenantRow>("SELECT id, name, slug, created_at FROM tenants WHERE slug = $1")
+            .bind(slug).fetch_optional(p).await)?,
+        )
+    }
+}

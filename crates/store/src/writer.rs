@@ -120,13 +120,19 @@ impl Writer {
 
     pub async fn accept(&self, messages: Vec<NewMessage>) -> Result<Vec<AcceptOutcome>> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Op::Accept(messages, reply)).await.map_err(|_| StoreError::WriterClosed)?;
+        self.tx
+            .send(Op::Accept(messages, reply))
+            .await
+            .map_err(|_| StoreError::WriterClosed)?;
         rx.await.map_err(|_| StoreError::WriterClosed)?
     }
 
     pub async fn record(&self, rec: AttemptRecord) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Op::Record(rec, reply)).await.map_err(|_| StoreError::WriterClosed)?;
+        self.tx
+            .send(Op::Record(rec, reply))
+            .await
+            .map_err(|_| StoreError::WriterClosed)?;
         rx.await.map_err(|_| StoreError::WriterClosed)?
     }
 }
@@ -143,7 +149,8 @@ async fn write_batch(db: &Db, batch: Vec<Op>) {
                         let _ = reply.send(Ok(()));
                     }
                     (Op::Accept(_, reply), BatchResult::Record) => {
-                        let _ = reply.send(Err(StoreError::Corrupt("writer result mismatch".into())));
+                        let _ =
+                            reply.send(Err(StoreError::Corrupt("writer result mismatch".into())));
                     }
                 }
             }
@@ -242,7 +249,11 @@ async fn record_one(tx: &mut Tx, r: &AttemptRecord) -> Result<()> {
         detail,
     };
     match &r.outcome {
-        Outcome::Sent { job_id, provider_message_id, sandbox } => {
+        Outcome::Sent {
+            job_id,
+            provider_message_id,
+            sandbox,
+        } => {
             on_tx!(tx, c => sqlx::query(
                 "UPDATE messages SET status = 'sent', provider_id = $1, provider_message_id = $2, attempts = $3, sent_at = $4,
                     updated_at = $4, last_error = NULL WHERE id = $5 AND status IN ('queued', 'sending')")
@@ -258,7 +269,11 @@ async fn record_one(tx: &mut Tx, r: &AttemptRecord) -> Result<()> {
                 crate::sandbox::insert(tx, s).await?;
             }
         }
-        Outcome::Retry { job_id, run_at, error } => {
+        Outcome::Retry {
+            job_id,
+            run_at,
+            error,
+        } => {
             on_tx!(tx, c => sqlx::query("UPDATE jobs SET run_at = $1, lease_until = NULL, locked_by = NULL WHERE id = $2")
                 .bind(run_at).bind(job_id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
             on_tx!(tx, c => sqlx::query(

@@ -1,0 +1,438 @@
+//! Sending and reading messages. Sending takes a project API key; reading takes a key (its
+//! project) or a user token (the whole tenant).
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonWithBytes, Principal, ProjectCtx};
+use crate::v1::{opt_rfc3339, path_id, rfc3339};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue as HttpHeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use courierx_domain::{
+    HeaderName, HeaderValue, Mailbox, MessageId, MessageStatus, ProjectId, Sha256Hex,
+    ValidationErrors,
+};
+use courierx_engine::accept::{IdempotencyClaim, ValidMessage};
+use courierx_store::messages::{MessageFilter, MessageRow};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(send_message, list_messages))
+        .routes(routes!(get_message))
+}
+
+pub const MAX_RECIPIENTS: usize = 50;
+const MAX_TAGS: usize = 20;
+const MAX_METADATA_BYTES: usize = 8 * 1024;
+
+/// One address or a list of addresses.
+#[derive(Deserialize, ToSchema, Clone)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn items(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessageRequest {
+    /// Sender, e.g. `Acme <noreply@acme.com>`.
+    pub from: Option<String>,
+    pub to: Option<OneOrMany>,
+    pub cc: Option<OneOrMany>,
+    pub bcc: Option<OneOrMany>,
+    pub reply_to: Option<String>,
+    pub subject: Option<String>,
+    pub html: Option<String>,
+    pub text: Option<String>,
+    /// Extra headers; CourierX-owned ones (From, To, Subject, Message-ID, Date, Content-*, …) are refused.
+    pub headers: Option<Map<String, Value>>,
+    pub tags: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SendMessageResponse {
+    pub id: String,
+    /// `queued`.
+    pub status: String,
+    pub created_at: String,
+}
+
+fn parse_list(field: &str, v: Option<&OneOrMany>, errs: &mut ValidationErrors) -> Vec<Mailbox> {
+    let Some(v) = v else { return Vec::new() };
+    let items = v.items();
+    let multi = matches!(v, OneOrMany::Many(_));
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let f = if multi {
+                format!("{field}[{i}]")
+            } else {
+                field.to_string()
+            };
+            errs.check(&f, Mailbox::parse(s))
+        })
+        .collect()
+}
+
+fn single_line(field: &str, v: &str, errs: &mut ValidationErrors) {
+    if v.contains(['\r', '\n']) {
+        errs.add(field, "must not contain CR or LF");
+    }
+}
+
+/// Turns the request into a message that the core can trust, collecting every problem at once.
+pub fn validate(req: SendMessageRequest) -> Result<ValidMessage, ValidationErrors> {
+    let mut errs = ValidationErrors::new();
+    let from = match req.from.as_deref() {
+        None => {
+            errs.add("from", "is required");
+            None
+        }
+        Some(f) => errs.check("from", Mailbox::parse(f)),
+    };
+    if req.to.is_none() {
+        errs.add("to", "is required");
+    }
+    let to = parse_list("to", req.to.as_ref(), &mut errs);
+    let cc = parse_list("cc", req.cc.as_ref(), &mut errs);
+    let bcc = parse_list("bcc", req.bcc.as_ref(), &mut errs);
+    let total = [&req.to, &req.cc, &req.bcc]
+        .iter()
+        .map(|l| l.as_ref().map_or(0, |l| l.items().len()))
+        .sum::<usize>();
+    if req.to.is_some() && (total == 0 || total > MAX_RECIPIENTS) {
+        errs.add(
+            "to",
+            format!("1 to {MAX_RECIPIENTS} recipients in total over to, cc and bcc"),
+        );
+    }
+    let reply_to = req
+        .reply_to
+        .as_deref()
+        .and_then(|r| errs.check("reply_to", Mailbox::parse(r)));
+    match req.subject.as_deref() {
+        None | Some("") => errs.add("subject", "is required"),
+        Some(s) => {
+            single_line("subject", s, &mut errs);
+            if s.chars().count() > 998 {
+                errs.add("subject", "must be at most 998 characters");
+            }
+        }
+    }
+    if req.html.is_none() && req.text.is_none() {
+        errs.add("html", "one of html or text is required");
+    }
+    let mut headers = Vec::new();
+    for (name, value) in req.headers.iter().flatten() {
+        let field = format!("headers.{name}");
+        let n = errs.check(&field, HeaderName::parse(name));
+        let v = match value {
+            Value::String(s) => errs.check(&field, HeaderValue::parse(s)),
+            _ => {
+                errs.add(&field, "must be a string");
+                None
+            }
+        };
+        if let (Some(n), Some(v)) = (n, v) {
+            headers.push((n, v));
+        }
+    }
+    let tags = req.tags.unwrap_or_default();
+    if tags.len() > MAX_TAGS {
+        errs.add("tags", format!("at most {MAX_TAGS} tags"));
+    }
+    for (i, t) in tags.iter().enumerate() {
+        if t.is_empty() || t.len() > 64 || t.chars().any(char::is_control) {
+            errs.add(
+                format!("tags[{i}]"),
+                "must be 1 to 64 characters without control characters",
+            );
+        }
+    }
+    let metadata = req.metadata.unwrap_or_default();
+    if Value::Object(metadata.clone()).to_string().len() > MAX_METADATA_BYTES {
+        errs.add(
+            "metadata",
+            format!("must be at most {MAX_METADATA_BYTES} bytes as JSON"),
+        );
+    }
+    errs.into_result()?;
+    let from = from.ok_or_else(|| ValidationErrors::single("from", "is required"))?;
+    Ok(ValidMessage {
+        from,
+        to,
+        cc,
+        bcc,
+        reply_to,
+        subject: req.subject.unwrap_or_default(),
+        html: req.html,
+        text: req.text,
+        headers,
+        tags,
+        metadata,
+    })
+}
+
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| ApiError::field("Idempotency-Key", "must be printable ASCII"))?;
+    if s.is_empty() || s.len() > 255 {
+        return Err(ApiError::field(
+            "Idempotency-Key",
+            "must be 1 to 255 characters",
+        ));
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// Send an email. Answers 202 once the message and its delivery job are committed.
+#[utoipa::path(post, path = "/api/v1/messages", tag = "messages", security(("api_key" = [])), request_body = SendMessageRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Up to 255 characters. Same key and body within 24 h replays the first response; a different body answers 409.")),
+    responses((status = 202, body = SendMessageResponse), (status = 400, body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody),
+              (status = 413, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+async fn send_message(
+    State(state): State<AppState>,
+    ctx: ProjectCtx,
+    headers: HeaderMap,
+    JsonWithBytes(req, raw): JsonWithBytes<SendMessageRequest>,
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
+    let msg = validate(req)?;
+    let claim = key.map(|key| IdempotencyClaim {
+        key,
+        request_hash: Sha256Hex::of(&String::from_utf8_lossy(&raw))
+            .as_str()
+            .to_string(),
+    });
+    let accepted = state
+        .engine
+        .accept_message(ctx.tenant, ctx.project, msg, claim)
+        .await?;
+    let status = StatusCode::from_u16(accepted.status).unwrap_or(StatusCode::ACCEPTED);
+    let mut res = (status, axum::Json(accepted.body)).into_response();
+    if accepted.replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HttpHeaderValue::from_static("true"));
+    }
+    Ok(res)
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Only messages in this status.
+    pub status: Option<String>,
+    /// Only messages carrying this tag.
+    pub tag: Option<String>,
+    /// 1 to 100 (default 20).
+    pub limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// With a user token: only this project.
+    pub project_id: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MessageSummary {
+    pub id: String,
+    pub project_id: String,
+    pub status: String,
+    pub from: String,
+    pub to: Vec<String>,
+    pub subject: String,
+    pub tags: Vec<String>,
+    pub provider_id: Option<String>,
+    pub attempts: i64,
+    pub created_at: String,
+    pub sent_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MessageList {
+    pub data: Vec<MessageSummary>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn json_list(s: &str) -> Vec<String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+/// List messages, newest first.
+#[utoipa::path(get, path = "/api/v1/messages", tag = "messages", security(("api_key" = []), ("user_token" = [])), params(ListQuery),
+    responses((status = 200, body = MessageList), (status = 401, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+async fn list_messages(
+    State(state): State<AppState>,
+    who: Principal,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<axum::Json<MessageList>> {
+    let mut errs = ValidationErrors::new();
+    let status = q
+        .status
+        .as_deref()
+        .and_then(|s| errs.check("status", s.parse::<MessageStatus>()));
+    let limit = match q.limit.as_deref() {
+        None => 20,
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                errs.add("limit", "must be a number from 1 to 100");
+                20
+            }
+        },
+    };
+    let before = q.cursor.as_deref().and_then(|c| {
+        errs.check(
+            "cursor",
+            c.parse::<MessageId>().map_err(|_| "is not a valid cursor"),
+        )
+    });
+    let project = match (who.project(), q.project_id.as_deref()) {
+        (Some(p), _) => Some(p),
+        (None, Some(p)) => errs.check(
+            "project_id",
+            p.parse::<ProjectId>()
+                .map_err(|_| "is not a valid project id"),
+        ),
+        (None, None) => None,
+    };
+    errs.into_result()?;
+    let filter = MessageFilter {
+        project,
+        status: status.map(|s| s.as_str()),
+        tag: q.tag.as_deref(),
+        before,
+        limit: limit + 1,
+    };
+    let mut rows = state.engine.db.list_messages(who.tenant(), &filter).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = if more {
+        rows.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    let data = rows
+        .into_iter()
+        .map(|r| MessageSummary {
+            id: r.id,
+            project_id: r.project_id,
+            status: r.status,
+            from: r.from_addr,
+            to: json_list(&r.to_addrs),
+            subject: r.subject,
+            tags: json_list(&r.tags),
+            provider_id: r.provider_id,
+            attempts: r.attempts,
+            created_at: rfc3339(r.created_at),
+            sent_at: opt_rfc3339(r.sent_at),
+        })
+        .collect();
+    Ok(axum::Json(MessageList { data, next_cursor }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventView {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at: String,
+    pub provider_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub detail: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MessageDetail {
+    pub id: String,
+    pub project_id: String,
+    pub status: String,
+    pub from: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub reply_to: Option<String>,
+    pub subject: String,
+    pub tags: Vec<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub provider_id: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub sent_at: Option<String>,
+    pub events: Vec<EventView>,
+}
+
+fn detail(r: MessageRow, events: Vec<EventView>) -> MessageDetail {
+    MessageDetail {
+        to: json_list(&r.to_addrs),
+        cc: json_list(&r.cc_addrs),
+        bcc: json_list(&r.bcc_addrs),
+        tags: json_list(&r.tags),
+        metadata: serde_json::from_str(&r.metadata).unwrap_or(Value::Object(Map::new())),
+        id: r.id,
+        project_id: r.project_id,
+        status: r.status,
+        from: r.from_addr,
+        reply_to: r.reply_to,
+        subject: r.subject,
+        provider_id: r.provider_id,
+        provider_message_id: r.provider_message_id,
+        attempts: r.attempts,
+        last_error: r.last_error,
+        created_at: rfc3339(r.created_at),
+        sent_at: opt_rfc3339(r.sent_at),
+        events,
+    }
+}
+
+/// Get one message with its event timeline.
+#[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages", security(("api_key" = []), ("user_token" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = MessageDetail), (status = 404, body = crate::error::ErrorBody)))]
+async fn get_message(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<MessageDetail>> {
+    let id: MessageId = path_id(&id, "message")?;
+    let db = &state.engine.db;
+    let row = db
+        .get_message(who.tenant(), who.project(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    let events = db
+        .list_events(who.tenant(), id)
+        .await?
+        .into_iter()
+        .map(|e| EventView {
+            kind: e.kind,
+            at: rfc3339(e.at),
+            provider_id: e.provider_id,
+            detail: serde_json::from_str(&e.detail).unwrap_or(Value::Object(Map::new())),
+        })
+        .collect();
+    Ok(axum::Json(detail(row, events)))
+}

@@ -1,0 +1,50 @@
+//! Version 1 of the HTTP API: one module per resource, each ending in `router()`.
+
+pub mod auth;
+pub mod messages;
+pub mod projects;
+pub mod providers;
+pub mod sandbox;
+pub mod users;
+
+use crate::error::ApiError;
+pub use courierx_engine::accept::rfc3339;
+
+/// Parses a path id; a malformed id is just an id that does not exist (404).
+pub fn path_id<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiError> {
+    s.parse().map_err(|_| ApiError::not_found(what))
+}
+
+/// Parses a stored id (written by us, so a failure is an internal error).
+pub fn stored_id<T: std::str::FromStr>(s: &str) -> Result<T, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::internal(format!("malformed stored id {s}")))
+}
+
+pub fn opt_rfc3339(ms: Option<i64>) -> Option<String> {
+    ms.map(rfc3339)
+}
+
+/// Checks a human-readable name: trimmed, 1 to `max` characters, no control characters.
+pub fn clean_name(
+    field: &str,
+    v: Option<&str>,
+    max: usize,
+    errs: &mut courierx_domain::ValidationErrors,
+) -> Option<String> {
+    match v.map(str::trim) {
+        None | Some("") => {
+            errs.add(field, "is required");
+            None
+        }
+        Some(s) if s.chars().count() > max => {
+            errs.add(field, format!("must be at most {max} characters"));
+            None
+        }
+        Some(s) if s.chars().any(char::is_control) => {
+            errs.add(field, "must not contain control characters");
+            None
+        }
+        Some(s) => Some(s.to_string()),
+    }
+}

@@ -1,0 +1,300 @@
+//! Settings, from (lowest to highest precedence) `courierx.toml`, the environment and the
+//! command line. Every value is validated at start-up; a bad one stops the process with one line
+//! naming the setting and what is wrong.
+
+use courierx_api::SignupMode;
+use courierx_engine::{EngineConfig, SecretKey};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub secret_key: Option<SecretKey>,
+    pub signup: SignupMode,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub body_limit: usize,
+    pub pg_max_connections: u32,
+    pub engine: EngineConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub problem: String,
+}
+
+fn err(setting: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: setting.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Each setting: its key in `courierx.toml` and its environment variable.
+const KEYS: &[(&str, &str)] = &[
+    ("listen", "COURIERX_LISTEN"),
+    ("data_dir", "COURIERX_DATA_DIR"),
+    ("database_url", "DATABASE_URL"),
+    ("secret_key", "COURIERX_SECRET_KEY"),
+    ("signup", "COURIERX_SIGNUP"),
+    ("log", "COURIERX_LOG"),
+    ("log_format", "COURIERX_LOG_FORMAT"),
+    ("body_limit", "COURIERX_BODY_LIMIT"),
+    ("pg_max_connections", "COURIERX_PG_MAX_CONNECTIONS"),
+    ("max_attempts", "COURIERX_MAX_ATTEMPTS"),
+    ("backoff_base_ms", "COURIERX_BACKOFF_BASE_MS"),
+    ("backoff_max_ms", "COURIERX_BACKOFF_MAX_MS"),
+    ("lease_ms", "COURIERX_LEASE_MS"),
+    ("worker_concurrency", "COURIERX_WORKER_CONCURRENCY"),
+    ("shutdown_grace_ms", "COURIERX_SHUTDOWN_GRACE_MS"),
+];
+
+/// Raw values by setting key, before parsing.
+#[derive(Debug, Default, Clone)]
+pub struct RawSettings(pub BTreeMap<String, String>);
+
+impl RawSettings {
+    /// Reads `courierx.toml` (when present or named) and the environment.
+    pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut raw = Self::default();
+        let (path, required) = match config_file {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from("courierx.toml"), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                    err(
+                        "config file",
+                        format!("{}: {}", path.display(), e.message()),
+                    )
+                })?;
+                for (k, v) in table {
+                    if !KEYS.iter().any(|(key, _)| *key == k) {
+                        return Err(err(&k, format!("unknown setting in {}", path.display())));
+                    }
+                    let s = match v {
+                        toml::Value::String(s) => s,
+                        toml::Value::Integer(i) => i.to_string(),
+                        other => {
+                            return Err(err(
+                                &k,
+                                format!("must be a string or integer, not {}", other.type_str()),
+                            ));
+                        }
+                    };
+                    raw.0.insert(k, s);
+                }
+            }
+            Err(e) if required || e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(err("config file", format!("{}: {e}", path.display())));
+            }
+            Err(_) => {}
+        }
+        for (key, env) in KEYS {
+            if let Ok(v) = std::env::var(env) {
+                raw.0.insert((*key).to_string(), v);
+            }
+        }
+        Ok(raw)
+    }
+
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.0.insert(key.to_string(), value.into());
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|s| !s.trim().is_empty())
+    }
+
+    fn name(key: &str) -> String {
+        KEYS.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, env)| (*env).to_string())
+            .unwrap_or_else(|| key.to_string())
+    }
+
+    fn num<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+        &self,
+        key: &str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> Result<T, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(s) => match s.trim().parse::<T>() {
+                Ok(v) if v >= min && v <= max => Ok(v),
+                _ => Err(err(
+                    &Self::name(key),
+                    format!("must be a whole number from {min} to {max}, got {s:?}"),
+                )),
+            },
+        }
+    }
+
+    pub fn parse(&self) -> Result<Settings, ConfigError> {
+        let listen = match self.get("listen") {
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(s) => s.parse().map_err(|_| {
+                err(
+                    &Self::name("listen"),
+                    format!("must be an address like 127.0.0.1:8080, got {s:?}"),
+                )
+            })?,
+        };
+        let data_dir = PathBuf::from(self.get("data_dir").unwrap_or("./data"));
+        let database_url = match self.get("database_url") {
+            None => None,
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Some(u.to_string())
+            }
+            Some(u) if u.starts_with("sqlite:") => {
+                return Err(err(
+                    "DATABASE_URL",
+                    format!(
+                        "for SQLite leave DATABASE_URL unset and use COURIERX_DATA_DIR (got {u:?})"
+                    ),
+                ));
+            }
+            Some(_) => {
+                return Err(err(
+                    "DATABASE_URL",
+                    "must be a postgres:// URL (leave it unset for the embedded SQLite)",
+                ));
+            }
+        };
+        let secret_key = match self.get("secret_key") {
+            None => None,
+            Some(s) => Some(
+                SecretKey::from_base64(s).map_err(|e| err("COURIERX_SECRET_KEY", e.to_string()))?,
+            ),
+        };
+        if database_url.is_some() && secret_key.is_none() {
+            return Err(err(
+                "COURIERX_SECRET_KEY",
+                "is required with PostgreSQL (base64 of 32 random bytes, e.g. `openssl rand -base64 32`)",
+            ));
+        }
+        let signup = match self.get("signup").unwrap_or("first_user") {
+            "open" => SignupMode::Open,
+            "first_user" => SignupMode::FirstUser,
+            "closed" => SignupMode::Closed,
+            other => {
+                return Err(err(
+                    "COURIERX_SIGNUP",
+                    format!("must be open, first_user or closed, got {other:?}"),
+                ));
+            }
+        };
+        let log = self.get("log").unwrap_or("info").to_string();
+        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
+            return Err(err(
+                "COURIERX_LOG",
+                format!("is not a valid log filter: {log:?}"),
+            ));
+        }
+        let log_format = match self.get("log_format").unwrap_or("pretty") {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(err(
+                    "COURIERX_LOG_FORMAT",
+                    format!("must be pretty or json, got {other:?}"),
+                ));
+            }
+        };
+        let defaults = EngineConfig::default();
+        let engine = EngineConfig {
+            max_attempts: self.num("max_attempts", defaults.max_attempts, 1, 100)?,
+            backoff_base_ms: self.num(
+                "backoff_base_ms",
+                defaults.backoff_base_ms,
+                1,
+                86_400_000,
+            )?,
+            backoff_max_ms: self.num(
+                "backoff_max_ms",
+                defaults.backoff_max_ms,
+                1,
+                7 * 86_400_000,
+            )?,
+            lease_ms: self.num("lease_ms", defaults.lease_ms, 100, 86_400_000)?,
+            worker_concurrency: self.num(
+                "worker_concurrency",
+                defaults.worker_concurrency,
+                1,
+                10_000,
+            )?,
+            idempotency_ttl_ms: defaults.idempotency_ttl_ms,
+            shutdown_grace_ms: self.num(
+                "shutdown_grace_ms",
+                defaults.shutdown_grace_ms,
+                0,
+                600_000,
+            )?,
+        };
+        if engine.backoff_max_ms < engine.backoff_base_ms {
+            return Err(err(
+                "COURIERX_BACKOFF_MAX_MS",
+                "must not be below COURIERX_BACKOFF_BASE_MS",
+            ));
+        }
+        Ok(Settings {
+            listen,
+            data_dir,
+            database_url,
+            secret_key,
+            signup,
+            log,
+            log_format,
+            body_limit: self.num("body_limit", 10 * 1024 * 1024, 1024, 1024 * 1024 * 1024)?,
+            pg_max_connections: self.num("pg_max_connections", 20, 2, 1000)?,
+            engine,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut r = RawSettings::default();
+        for (k, v) in pairs {
+            r.set(k, *v);
+        }
+        r.parse()
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.signup, SignupMode::FirstUser);
+        let e = parse(&[("listen", "nope")]).unwrap_err();
+        assert_eq!(e.setting, "COURIERX_LISTEN");
+        let e = parse(&[("database_url", "postgres://x/y")]).unwrap_err();
+        assert_eq!(e.setting, "COURIERX_SECRET_KEY");
+        let e = parse(&[("signup", "sometimes")]).unwrap_err();
+        assert!(e.to_string().contains("COURIERX_SIGNUP"));
+        let e = parse(&[("max_attempts", "0")]).unwrap_err();
+        assert_eq!(e.setting, "COURIERX_MAX_ATTEMPTS");
+    }
+}
