@@ -89,9 +89,12 @@ pub fn merge_patch(current: &Value, patch: &Value) -> Value {
     Value::Object(out)
 }
 
+/// A built provider and the `updated_at` of the row it was built from.
+type Built = (i64, Arc<dyn EmailProvider>);
+
 #[derive(Default)]
 pub struct ProviderCache {
-    inner: RwLock<HashMap<String, (i64, Arc<dyn EmailProvider>)>>,
+    inner: RwLock<HashMap<String, Built>>,
 }
 
 impl ProviderCache {

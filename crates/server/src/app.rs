@@ -151,7 +151,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let core = start_core(&s).await?;
     let health = Arc::new(ProcessHealth::default());
-    health.workers_enabled.store(true, Ordering::Relaxed);
+    health
+        .workers_enabled
+        .store(s.run_workers, Ordering::Relaxed);
     let state = AppState {
         engine: core.engine.clone(),
         cfg: Arc::new(ApiConfig {
@@ -162,14 +164,16 @@ pub async fn serve(
         health: health.clone(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let worker = Worker::new(core.engine.clone());
+    let worker = s.run_workers.then(|| Worker::new(core.engine.clone()));
     let worker_health = health.clone();
     let worker_task = tokio::spawn(async move {
-        worker_health.workers_running.store(true, Ordering::Relaxed);
-        worker.run(stop_rx).await;
-        worker_health
-            .workers_running
-            .store(false, Ordering::Relaxed);
+        if let Some(worker) = worker {
+            worker_health.workers_running.store(true, Ordering::Relaxed);
+            worker.run(stop_rx).await;
+            worker_health
+                .workers_running
+                .store(false, Ordering::Relaxed);
+        }
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = ?core.engine.db.backend(), "CourierX listening on http://{addr}");

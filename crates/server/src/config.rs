@@ -25,6 +25,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub body_limit: usize,
     pub pg_max_connections: u32,
+    /// Whether `serve` runs delivery workers in-process (turn off to scale API and `worker`
+    /// processes separately).
+    pub run_workers: bool,
     pub engine: EngineConfig,
 }
 
@@ -59,6 +62,7 @@ const KEYS: &[(&str, &str)] = &[
     ("lease_ms", "COURIERX_LEASE_MS"),
     ("worker_concurrency", "COURIERX_WORKER_CONCURRENCY"),
     ("shutdown_grace_ms", "COURIERX_SHUTDOWN_GRACE_MS"),
+    ("run_workers", "COURIERX_RUN_WORKERS"),
 ];
 
 /// Raw values by setting key, before parsing.
@@ -255,7 +259,18 @@ impl RawSettings {
                 "must not be below COURIERX_BACKOFF_BASE_MS",
             ));
         }
+        let run_workers = match self.get("run_workers").unwrap_or("true") {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => {
+                return Err(err(
+                    "COURIERX_RUN_WORKERS",
+                    format!("must be true or false, got {other:?}"),
+                ));
+            }
+        };
         Ok(Settings {
+            run_workers,
             listen,
             data_dir,
             database_url,

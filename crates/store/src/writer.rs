@@ -61,7 +61,7 @@ pub struct AttemptRecord {
 
 enum Op {
     Accept(Vec<NewMessage>, oneshot::Sender<Result<Vec<AcceptOutcome>>>),
-    Record(AttemptRecord, oneshot::Sender<Result<()>>),
+    Record(Box<AttemptRecord>, oneshot::Sender<Result<()>>),
 }
 
 impl Op {
@@ -130,7 +130,7 @@ impl Writer {
     pub async fn record(&self, rec: AttemptRecord) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Op::Record(rec, reply))
+            .send(Op::Record(Box::new(rec), reply))
             .await
             .map_err(|_| StoreError::WriterClosed)?;
         rx.await.map_err(|_| StoreError::WriterClosed)?

@@ -1,0 +1,13 @@
+//! Integration tests: the real server over HTTP, on SQLite and PostgreSQL.
+
+mod helpers;
+mod smtp_server;
+
+mod auth;
+mod config;
+mod delivery;
+mod errors;
+mod isolation;
+mod messages;
+mod ops;
+mod walk;
