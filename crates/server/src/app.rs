@@ -164,6 +164,11 @@ pub async fn serve(
         health: health.clone(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let listener_task = if s.run_workers {
+        core.engine.db.spawn_job_listener(core.engine.wake.clone())
+    } else {
+        None
+    };
     let worker = s.run_workers.then(|| Worker::new(core.engine.clone()));
     let worker_health = health.clone();
     let worker_task = tokio::spawn(async move {
@@ -196,6 +201,9 @@ pub async fn serve(
         _ => {}
     }
     let _ = worker_task.await;
+    if let Some(t) = listener_task {
+        t.abort();
+    }
     core.close().await;
     tracing::info!("stopped");
     Ok(())
@@ -208,10 +216,14 @@ pub async fn work(
 ) -> anyhow::Result<()> {
     let core = start_core(&s).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let listener_task = core.engine.db.spawn_job_listener(core.engine.wake.clone());
     let task = tokio::spawn(Worker::new(core.engine.clone()).run(stop_rx));
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = task.await;
+    if let Some(t) = listener_task {
+        t.abort();
+    }
     core.close().await;
     Ok(())
 }

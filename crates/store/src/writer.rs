@@ -208,6 +208,10 @@ async fn try_write(db: &Db, batch: &[Op]) -> Result<Vec<BatchResult>> {
             }
         }
     }
+    // Other processes' workers learn of new jobs at commit (Postgres delivers NOTIFY then).
+    if matches!(tx, Tx::Postgres(_)) && batch.iter().any(|op| matches!(op, Op::Accept(..))) {
+        on_tx!(&mut tx, c => sqlx::query("SELECT pg_notify('courierx_jobs', '')").execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    }
     tx.commit().await?;
     Ok(results)
 }

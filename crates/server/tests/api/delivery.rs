@@ -10,6 +10,7 @@ use serde_json::json;
 use std::time::Duration;
 
 both!(
+    api_and_worker_processes_share_the_database,
     smtp_message_is_correct_mime,
     transient_then_permanent_failures,
     gives_up_after_max_attempts,
@@ -305,5 +306,36 @@ async fn connections_are_pooled(backend: Backend) {
         smtp.connections() <= 4,
         "20 messages reuse a few pooled connections, saw {}",
         smtp.connections()
+    );
+}
+
+async fn api_and_worker_processes_share_the_database(backend: Backend) {
+    // One API-only process and one process that only delivers, on one database.
+    let api = TestApp::spawn_with(backend, |r| r.set("run_workers", "false")).await;
+    let t = api.tenant("Acme").await;
+    let smtp = SmtpServer::start(Behavior::default()).await;
+    api.use_smtp(&t, smtp.port(), json!({})).await;
+    let _worker = api.sibling(|r| r.set("run_workers", "true")).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(api.send(&t.key, simple_email()).await);
+    }
+    for id in &ids {
+        let m = api.wait_status(&t.key, id, "sent").await;
+        assert_eq!(m["attempts"], 1);
+    }
+    assert_eq!(smtp.wait_for(5, Duration::from_secs(10)).await.len(), 5);
+    let ready: serde_json::Value = api
+        .client
+        .get(format!("{}/ready", api.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["checks"][2]["detail"],
+        "workers run in other processes"
     );
 }

@@ -141,6 +141,24 @@ impl TestApp {
         app
     }
 
+    /// Another server process on the same database (it does not own the database).
+    pub async fn sibling(&self, tweak: impl FnOnce(&mut RawSettings)) -> TestApp {
+        let mut raw = self.raw.clone();
+        tweak(&mut raw);
+        let mut app = TestApp {
+            addr: self.addr,
+            base: String::new(),
+            client: self.client.clone(),
+            raw,
+            _dir: tempfile::tempdir().expect("tempdir"),
+            pg: None,
+            stop: None,
+            task: None,
+        };
+        app.start().await;
+        app
+    }
+
     async fn start(&mut self) {
         let settings = self.raw.parse().expect("test settings are valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
