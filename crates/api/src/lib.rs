@@ -17,7 +17,6 @@ use std::sync::atomic::AtomicBool;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_scalar::{Scalar, Servable};
 
 /// Who may register a tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +102,7 @@ fn v1_router() -> OpenApiRouter<AppState> {
 
 pub fn router(state: AppState) -> Router {
     let (api, doc) = v1_router().split_for_parts();
-    let doc_json = Arc::new(doc.clone());
+    let doc_json = Arc::new(doc);
     let limit = state.cfg.body_limit;
     Router::new()
         .merge(api)
@@ -111,7 +110,10 @@ pub fn router(state: AppState) -> Router {
             "/openapi.json",
             get(move || async move { axum::Json(doc_json.as_ref().clone()) }),
         )
-        .merge(Scalar::with_url("/docs", doc))
+        .route(
+            "/docs",
+            get(|| async { axum::response::Html(include_str!("docs.html")) }),
+        )
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
