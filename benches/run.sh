@@ -70,7 +70,7 @@ PY
 queue_depth() { curl -s http://127.0.0.1:$PORT/metrics | awk '/^courierx_queue_depth /{print int($2)}'; }
 sent_count() { curl -s http://127.0.0.1:$PORT/metrics | awk '/^courierx_messages\{status="sent"\}/{print int($2)}'; }
 
-smtp-sink -u nobody -c 127.0.0.1:$SINK_PORT 2000 &
+smtp-sink -u nobody 127.0.0.1:$SINK_PORT 2000 >/dev/null 2>&1 &
 SINK_PID=$!
 sleep 0.5
 

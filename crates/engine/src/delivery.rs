@@ -9,7 +9,7 @@ use courierx_providers::{OutboundEmail, SendError, SendReceipt};
 use courierx_store::jobs::ClaimedJob;
 use courierx_store::messages::MessageRow;
 use courierx_store::sandbox::SandboxRow;
-use courierx_store::writer::{AttemptRecord, Outcome};
+use courierx_store::writer::{AttemptRecord, ClaimRequest, Claimed, Outcome};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +18,9 @@ use tokio::sync::{Semaphore, watch};
 /// How long an idle worker sleeps at most before looking again (covers jobs enqueued by other
 /// processes when no cross-process wake-up arrives).
 const IDLE_MAX: Duration = Duration::from_secs(1);
+
+/// How long a busy worker waits to gather free slots before claiming anyway.
+const CLAIM_GATHER: Duration = Duration::from_millis(5);
 
 pub struct Worker {
     engine: Arc<Engine>,
@@ -43,7 +46,7 @@ impl Worker {
                 break;
             }
             while tasks.try_join_next().is_some() {}
-            let free = permits.available_permits();
+            let mut free = permits.available_permits();
             if free == 0 {
                 tokio::select! {
                     p = permits.clone().acquire_owned() => drop(p),
@@ -51,12 +54,22 @@ impl Worker {
                 }
                 continue;
             }
+            // While deliveries are in flight, gather a few free slots before claiming so one
+            // claim (and its share of a commit) serves several jobs.
+            let want = (e.cfg.worker_concurrency / 4).max(1);
+            if free < want && !tasks.is_empty() {
+                let deadline = tokio::time::Instant::now() + CLAIM_GATHER;
+                while free < want && tokio::time::Instant::now() < deadline {
+                    tokio::select! {
+                        _ = tasks.join_next() => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                    free = permits.available_permits();
+                }
+            }
             let now = now_ms();
-            let jobs = match e
-                .db
-                .claim_jobs(&self.id, now, e.cfg.lease_ms, free.min(256) as i64)
-                .await
-            {
+            let req = ClaimRequest { worker: self.id.clone(), now, lease_ms: e.cfg.lease_ms, limit: free.min(256) as i64 };
+            let jobs = match e.writer.claim(req).await {
                 Ok(j) => j,
                 Err(err) => {
                     tracing::warn!(error = %err, "claiming jobs failed");
@@ -69,9 +82,7 @@ impl Worker {
             };
             if jobs.is_empty() {
                 let wait = match e.db.next_job_due().await {
-                    Ok(Some(due)) => Duration::from_millis(
-                        (due - now_ms()).clamp(0, IDLE_MAX.as_millis() as i64) as u64,
-                    ),
+                    Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(0, IDLE_MAX.as_millis() as i64) as u64),
                     _ => IDLE_MAX,
                 };
                 tokio::select! {
@@ -86,11 +97,11 @@ impl Worker {
                     break;
                 };
                 if let Ok(mut m) = inflight.lock() {
-                    m.insert(job.id.clone(), job.message_id.clone());
+                    m.insert(job.job.id.clone(), job.job.message_id.clone());
                 }
                 let (e, inflight) = (e.clone(), inflight.clone());
                 tasks.spawn(async move {
-                    let id = job.id.clone();
+                    let id = job.job.id.clone();
                     deliver(&e, job).await;
                     if let Ok(mut m) = inflight.lock() {
                         m.remove(&id);
@@ -162,31 +173,9 @@ fn outbound(m: &MessageRow) -> Result<OutboundEmail, SendError> {
     })
 }
 
-async fn deliver(e: &Engine, job: ClaimedJob) {
+async fn deliver(e: &Engine, claimed: Claimed) {
     let started = Instant::now();
-    let msg = match e.db.load_message_for_delivery(&job.message_id).await {
-        Ok(Some(m)) => m,
-        Ok(None) => {
-            tracing::warn!(job = job.id, "job without message; dropping it");
-            finish(
-                e,
-                &job,
-                None,
-                None,
-                started,
-                Outcome::Failed {
-                    job_id: job.id.clone(),
-                    error: "message not found".into(),
-                },
-            )
-            .await;
-            return;
-        }
-        Err(err) => {
-            tracing::warn!(error = %err, "loading message failed; the lease will expire and retry");
-            return;
-        }
-    };
+    let Claimed { job, message: msg } = claimed;
     let provider_row = match e
         .db
         .default_provider_of_project(&msg.tenant_id, &msg.project_id)
@@ -265,21 +254,19 @@ async fn deliver(e: &Engine, job: ClaimedJob) {
     };
     metrics::counter!("courierx_delivery_attempts_total", "provider" => kind, "outcome" => label)
         .increment(1);
-    finish(e, &job, Some(&msg), provider_id, started, outcome).await;
+    finish(e, &job, &msg, provider_id, started, outcome).await;
 }
 
 async fn finish(
     e: &Engine,
     job: &ClaimedJob,
-    msg: Option<&MessageRow>,
+    msg: &MessageRow,
     provider_id: Option<String>,
     started: Instant,
     outcome: Outcome,
 ) {
     let rec = AttemptRecord {
-        tenant_id: msg
-            .map(|m| m.tenant_id.clone())
-            .unwrap_or_else(|| job.tenant_id.clone()),
+        tenant_id: msg.tenant_id.clone(),
         message_id: job.message_id.clone(),
         provider_id,
         attempt: job.attempts,

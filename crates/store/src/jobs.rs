@@ -17,40 +17,7 @@ pub struct ClaimedJob {
     pub max_attempts: i64,
 }
 
-const CLAIM_SQLITE: &str = "UPDATE jobs SET lease_until = $1, locked_by = $2, attempts = attempts + 1
-    WHERE id IN (SELECT id FROM jobs WHERE run_at <= $3 AND (lease_until IS NULL OR lease_until < $3) ORDER BY run_at LIMIT $4)
-    RETURNING id, tenant_id, message_id, attempts, max_attempts";
-
-const CLAIM_POSTGRES: &str = "UPDATE jobs SET lease_until = $1, locked_by = $2, attempts = attempts + 1
-    WHERE id IN (SELECT id FROM jobs WHERE run_at <= $3 AND (lease_until IS NULL OR lease_until < $3) ORDER BY run_at LIMIT $4
-                 FOR UPDATE SKIP LOCKED)
-    RETURNING id, tenant_id, message_id, attempts, max_attempts";
-
 impl Db {
-    /// Claims up to `limit` due jobs for `worker` until `now + lease_ms`, and marks their messages
-    /// `sending`, in one transaction.
-    pub async fn claim_jobs(
-        &self,
-        worker: &str,
-        now: Millis,
-        lease_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<ClaimedJob>> {
-        let mut tx = self.begin().await?;
-        let sql = match self {
-            Db::Sqlite(_) => CLAIM_SQLITE,
-            Db::Postgres(_) => CLAIM_POSTGRES,
-        };
-        let jobs: Vec<ClaimedJob> = on_tx!(&mut tx, c => sqlx::query_as(sql)
-            .bind(now + lease_ms).bind(worker).bind(now).bind(limit).fetch_all(&mut *c).await)?;
-        for j in &jobs {
-            on_tx!(&mut tx, c => sqlx::query("UPDATE messages SET status = 'sending', updated_at = $1 WHERE id = $2 AND status IN ('queued', 'sending')")
-                .bind(now).bind(&j.message_id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-        }
-        tx.commit().await?;
-        Ok(jobs)
-    }
-
     /// When the next job becomes claimable (due, or its lease expires), if any job exists.
     pub async fn next_job_due(&self) -> Result<Option<Millis>> {
         let (free, leased): (Option<i64>, Option<i64>) = on!(self, p => sqlx::query_as(

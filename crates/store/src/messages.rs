@@ -59,7 +59,7 @@ pub struct MessageSummaryRow {
     pub sent_at: Option<i64>,
 }
 
-const MESSAGE_COLS: &str = "id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to, subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts, last_error, created_at, updated_at, sent_at";
+pub(crate) const MESSAGE_COLS: &str = "id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to, subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts, last_error, created_at, updated_at, sent_at";
 
 pub struct MessageFilter<'a> {
     pub project: Option<ProjectId>,
@@ -147,19 +147,5 @@ pub(crate) async fn insert_event(tx: &mut Tx, e: &NewEvent) -> Result<()> {
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
         .bind(crate::users::uuid_v7()).bind(&e.tenant_id).bind(&e.message_id).bind(e.kind).bind(e.at)
         .bind(&e.provider_id).bind(&e.recipient).bind(crate::to_json(&e.detail)).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-    Ok(())
-}
-
-pub(crate) async fn insert_message(tx: &mut Tx, m: &MessageRow) -> Result<()> {
-    on_tx!(tx, c => sqlx::query(
-        "INSERT INTO messages (id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to,
-            subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts,
-            last_error, created_at, updated_at, sent_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)")
-        .bind(&m.id).bind(&m.tenant_id).bind(&m.project_id).bind(&m.channel).bind(&m.status).bind(&m.from_addr)
-        .bind(&m.to_addrs).bind(&m.cc_addrs).bind(&m.bcc_addrs).bind(&m.reply_to).bind(&m.subject).bind(&m.html)
-        .bind(&m.text_body).bind(&m.headers).bind(&m.tags).bind(&m.metadata).bind(&m.idempotency_key)
-        .bind(&m.provider_id).bind(&m.provider_message_id).bind(m.attempts).bind(&m.last_error)
-        .bind(m.created_at).bind(m.updated_at).bind(m.sent_at).execute(&mut *c).await.map(|r| r.rows_affected()))?;
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! throughput there.
 
 use crate::idempotency::{NewIdempotency, claim_key};
-use crate::messages::{MessageRow, NewEvent, insert_event, insert_message};
+use crate::jobs::ClaimedJob;
+use crate::messages::{MessageRow, NewEvent, insert_event};
 use crate::sandbox::SandboxRow;
 use crate::{Db, Result, StoreError, Tx, on_tx};
 use courierx_domain::Millis;
@@ -59,16 +60,34 @@ pub struct AttemptRecord {
     pub outcome: Outcome,
 }
 
+/// A worker asking for due jobs; answered inside the same transaction as other writes, so a
+/// claim shares its commit with the outcomes recorded just before it.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub worker: String,
+    pub now: Millis,
+    pub lease_ms: i64,
+    pub limit: i64,
+}
+
+/// A claimed job with the message it delivers.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job: ClaimedJob,
+    pub message: MessageRow,
+}
+
 enum Op {
     Accept(Vec<NewMessage>, oneshot::Sender<Result<Vec<AcceptOutcome>>>),
     Record(Box<AttemptRecord>, oneshot::Sender<Result<()>>),
+    Claim(ClaimRequest, oneshot::Sender<Result<Vec<Claimed>>>),
 }
 
 impl Op {
     fn weight(&self) -> usize {
         match self {
             Op::Accept(v, _) => v.len().max(1),
-            Op::Record(..) => 1,
+            Op::Record(..) | Op::Claim(..) => 1,
         }
     }
 }
@@ -127,6 +146,12 @@ impl Writer {
         rx.await.map_err(|_| StoreError::WriterClosed)?
     }
 
+    pub async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Op::Claim(req, reply)).await.map_err(|_| StoreError::WriterClosed)?;
+        rx.await.map_err(|_| StoreError::WriterClosed)?
+    }
+
     pub async fn record(&self, rec: AttemptRecord) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -145,13 +170,13 @@ async fn write_batch(db: &Db, batch: Vec<Op>) {
                     (Op::Accept(_, reply), BatchResult::Accept(r)) => {
                         let _ = reply.send(Ok(r));
                     }
-                    (Op::Record(_, reply), _) => {
+                    (Op::Record(_, reply), BatchResult::Record) => {
                         let _ = reply.send(Ok(()));
                     }
-                    (Op::Accept(_, reply), BatchResult::Record) => {
-                        let _ =
-                            reply.send(Err(StoreError::Corrupt("writer result mismatch".into())));
+                    (Op::Claim(_, reply), BatchResult::Claim(c)) => {
+                        let _ = reply.send(Ok(c));
                     }
+                    (op, _) => op.fail(StoreError::Corrupt("writer result mismatch".into())),
                 }
             }
         }
@@ -164,14 +189,23 @@ async fn write_batch(db: &Db, batch: Vec<Op>) {
         }
         Err(e) => {
             for op in batch {
-                match op {
-                    Op::Accept(_, reply) => {
-                        let _ = reply.send(Err(clone_err(&e)));
-                    }
-                    Op::Record(_, reply) => {
-                        let _ = reply.send(Err(clone_err(&e)));
-                    }
-                }
+                op.fail(clone_err(&e));
+            }
+        }
+    }
+}
+
+impl Op {
+    fn fail(self, e: StoreError) {
+        match self {
+            Op::Accept(_, reply) => {
+                let _ = reply.send(Err(e));
+            }
+            Op::Record(_, reply) => {
+                let _ = reply.send(Err(e));
+            }
+            Op::Claim(_, reply) => {
+                let _ = reply.send(Err(e));
             }
         }
     }
@@ -188,58 +222,135 @@ fn clone_err(e: &StoreError) -> StoreError {
 enum BatchResult {
     Accept(Vec<AcceptOutcome>),
     Record,
+    Claim(Vec<Claimed>),
 }
 
 async fn try_write(db: &Db, batch: &[Op]) -> Result<Vec<BatchResult>> {
     let mut tx = db.begin().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for op in batch {
-        match op {
-            Op::Accept(msgs, _) => {
-                let mut out = Vec::with_capacity(msgs.len());
-                for m in msgs {
-                    out.push(accept_one(&mut tx, m).await?);
+    let mut results: Vec<Option<BatchResult>> = (0..batch.len()).map(|_| None).collect();
+    // Accepts first, all messages of the batch in a few multi-row statements.
+    let mut accepted: Vec<&NewMessage> = Vec::new();
+    for (i, op) in batch.iter().enumerate() {
+        if let Op::Accept(msgs, _) = op {
+            let mut out = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                let claimed = match &m.idempotency {
+                    Some(k) => claim_key(&mut tx, k, m.row.created_at).await?,
+                    None => true,
+                };
+                if claimed {
+                    accepted.push(m);
+                    out.push(AcceptOutcome::Accepted);
+                } else {
+                    out.push(AcceptOutcome::DuplicateKey);
                 }
-                results.push(BatchResult::Accept(out));
             }
-            Op::Record(rec, _) => {
-                record_one(&mut tx, rec).await?;
-                results.push(BatchResult::Record);
-            }
+            results[i] = Some(BatchResult::Accept(out));
+        }
+    }
+    for chunk in accepted.chunks(BULK_ROWS) {
+        insert_accepted(&mut tx, chunk).await?;
+    }
+    for (i, op) in batch.iter().enumerate() {
+        if let Op::Record(rec, _) = op {
+            record_one(&mut tx, rec).await?;
+            results[i] = Some(BatchResult::Record);
+        }
+    }
+    for (i, op) in batch.iter().enumerate() {
+        if let Op::Claim(req, _) = op {
+            results[i] = Some(BatchResult::Claim(claim(&mut tx, req).await?));
         }
     }
     // Other processes' workers learn of new jobs at commit (Postgres delivers NOTIFY then).
-    if matches!(tx, Tx::Postgres(_)) && batch.iter().any(|op| matches!(op, Op::Accept(..))) {
+    if matches!(tx, Tx::Postgres(_)) && !accepted.is_empty() {
         on_tx!(&mut tx, c => sqlx::query("SELECT pg_notify('courierx_jobs', '')").execute(&mut *c).await.map(|r| r.rows_affected()))?;
     }
     tx.commit().await?;
-    Ok(results)
+    Ok(results.into_iter().map(|r| r.unwrap_or(BatchResult::Record)).collect())
 }
 
-async fn accept_one(tx: &mut Tx, m: &NewMessage) -> Result<AcceptOutcome> {
-    if let Some(k) = &m.idempotency
-        && !claim_key(tx, k, m.row.created_at).await?
-    {
-        return Ok(AcceptOutcome::DuplicateKey);
+/// Rows per multi-row INSERT: 24 columns × 400 rows stays under SQLite's 32,766 variables.
+const BULK_ROWS: usize = 400;
+
+/// Inserts messages, their `queued` events and their jobs with one statement per table.
+async fn insert_accepted(tx: &mut Tx, msgs: &[&NewMessage]) -> Result<()> {
+    on_tx!(tx, c => {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO messages (id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to, \
+             subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts, \
+             last_error, created_at, updated_at, sent_at) ");
+        q.push_values(msgs, |mut b, m| {
+            let r = &m.row;
+            b.push_bind(r.id.clone()).push_bind(r.tenant_id.clone()).push_bind(r.project_id.clone()).push_bind(r.channel.clone())
+                .push_bind(r.status.clone()).push_bind(r.from_addr.clone()).push_bind(r.to_addrs.clone()).push_bind(r.cc_addrs.clone())
+                .push_bind(r.bcc_addrs.clone()).push_bind(r.reply_to.clone()).push_bind(r.subject.clone()).push_bind(r.html.clone())
+                .push_bind(r.text_body.clone()).push_bind(r.headers.clone()).push_bind(r.tags.clone()).push_bind(r.metadata.clone())
+                .push_bind(r.idempotency_key.clone()).push_bind(r.provider_id.clone()).push_bind(r.provider_message_id.clone())
+                .push_bind(r.attempts).push_bind(r.last_error.clone()).push_bind(r.created_at).push_bind(r.updated_at).push_bind(r.sent_at);
+        });
+        q.build().persistent(false).execute(&mut *c).await?;
+        let mut q = sqlx::QueryBuilder::new("INSERT INTO message_events (id, tenant_id, message_id, type, at, provider_id, recipient, detail) ");
+        q.push_values(msgs, |mut b, m| {
+            b.push_bind(crate::users::uuid_v7()).push_bind(m.row.tenant_id.clone()).push_bind(m.row.id.clone()).push_bind("queued")
+                .push_bind(m.row.created_at).push_bind(None::<String>).push_bind(None::<String>).push_bind("{}");
+        });
+        q.build().persistent(false).execute(&mut *c).await?;
+        let mut q = sqlx::QueryBuilder::new("INSERT INTO jobs (id, tenant_id, message_id, kind, run_at, attempts, max_attempts) ");
+        q.push_values(msgs, |mut b, m| {
+            b.push_bind(m.job_id.clone()).push_bind(m.row.tenant_id.clone()).push_bind(m.row.id.clone()).push_bind("deliver")
+                .push_bind(m.run_at).push_bind(0i64).push_bind(m.max_attempts);
+        });
+        q.build().persistent(false).execute(&mut *c).await.map(|_| ())
+    })?;
+    Ok(())
+}
+
+const CLAIM_SQLITE: &str = "UPDATE jobs SET lease_until = $1, locked_by = $2, attempts = attempts + 1
+    WHERE id IN (SELECT id FROM jobs WHERE run_at <= $3 AND (lease_until IS NULL OR lease_until < $3) ORDER BY run_at LIMIT $4)
+    RETURNING id, tenant_id, message_id, attempts, max_attempts";
+
+const CLAIM_POSTGRES: &str = "UPDATE jobs SET lease_until = $1, locked_by = $2, attempts = attempts + 1
+    WHERE id IN (SELECT id FROM jobs WHERE run_at <= $3 AND (lease_until IS NULL OR lease_until < $3) ORDER BY run_at LIMIT $4
+                 FOR UPDATE SKIP LOCKED)
+    RETURNING id, tenant_id, message_id, attempts, max_attempts";
+
+/// Claims due jobs (Postgres: `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on each
+/// other; SQLite has one writer, so the conditional UPDATE suffices), marks their messages
+/// `sending` and loads them — three statements however many jobs.
+async fn claim(tx: &mut Tx, r: &ClaimRequest) -> Result<Vec<Claimed>> {
+    let lease = r.now + r.lease_ms;
+    let sql = match tx {
+        Tx::Sqlite(_) => CLAIM_SQLITE,
+        Tx::Postgres(_) => CLAIM_POSTGRES,
+    };
+    let jobs: Vec<ClaimedJob> =
+        on_tx!(tx, c => sqlx::query_as(sql).bind(lease).bind(&r.worker).bind(r.now).bind(r.limit).fetch_all(&mut *c).await)?;
+    if jobs.is_empty() {
+        return Ok(Vec::new());
     }
-    insert_message(tx, &m.row).await?;
-    insert_event(
-        tx,
-        &NewEvent {
-            tenant_id: m.row.tenant_id.clone(),
-            message_id: m.row.id.clone(),
-            kind: "queued",
-            at: m.row.created_at,
-            provider_id: None,
-            recipient: None,
-            detail: serde_json::json!({}),
-        },
-    )
-    .await?;
     on_tx!(tx, c => sqlx::query(
-        "INSERT INTO jobs (id, tenant_id, message_id, kind, run_at, attempts, max_attempts) VALUES ($1, $2, $3, 'deliver', $4, 0, $5)")
-        .bind(&m.job_id).bind(&m.row.tenant_id).bind(&m.row.id).bind(m.run_at).bind(m.max_attempts).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-    Ok(AcceptOutcome::Accepted)
+        "UPDATE messages SET status = 'sending', updated_at = $1
+         WHERE id IN (SELECT message_id FROM jobs WHERE locked_by = $2 AND lease_until = $3) AND status IN ('queued', 'sending')")
+        .bind(r.now).bind(&r.worker).bind(lease).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    let sql = format!(
+        "SELECT {} FROM messages WHERE id IN (SELECT message_id FROM jobs WHERE locked_by = $1 AND lease_until = $2)",
+        crate::messages::MESSAGE_COLS
+    );
+    let rows: Vec<MessageRow> =
+        on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&r.worker).bind(lease).fetch_all(&mut *c).await)?;
+    let mut by_id: std::collections::HashMap<String, MessageRow> = rows.into_iter().map(|m| (m.id.clone(), m)).collect();
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match by_id.remove(&job.message_id) {
+            Some(message) => out.push(Claimed { job, message }),
+            None => {
+                // A job whose message is gone can never be delivered.
+                on_tx!(tx, c => sqlx::query("DELETE FROM jobs WHERE id = $1").bind(&job.id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn record_one(tx: &mut Tx, r: &AttemptRecord) -> Result<()> {
