@@ -68,7 +68,12 @@ impl Worker {
                 }
             }
             let now = now_ms();
-            let req = ClaimRequest { worker: self.id.clone(), now, lease_ms: e.cfg.lease_ms, limit: free.min(256) as i64 };
+            let req = ClaimRequest {
+                worker: self.id.clone(),
+                now,
+                lease_ms: e.cfg.lease_ms,
+                limit: free.min(256) as i64,
+            };
             let jobs = match e.writer.claim(req).await {
                 Ok(j) => j,
                 Err(err) => {
@@ -82,7 +87,9 @@ impl Worker {
             };
             if jobs.is_empty() {
                 let wait = match e.db.next_job_due().await {
-                    Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(0, IDLE_MAX.as_millis() as i64) as u64),
+                    Ok(Some(due)) => Duration::from_millis(
+                        (due - now_ms()).clamp(0, IDLE_MAX.as_millis() as i64) as u64,
+                    ),
                     _ => IDLE_MAX,
                 };
                 tokio::select! {

@@ -1,20 +1,20 @@
-//! SMTP through lettre: a pooled connection set per provider, bounded by a semaphore (lettre's
-//! pool caps only idle connections).
+//! SMTP through lettre's protocol client, with a connection pool of our own (see [`Smtp`]).
 
 use crate::{
     EmailProvider, HealthReport, OutboundEmail, ProviderKind, SendError, SendReceipt, parse_config,
 };
 use async_trait::async_trait;
 use courierx_domain::ValidationErrors;
+use lettre::Address;
 use lettre::address::Envelope;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::transport::smtp::{AsyncSmtpTransport, PoolConfig};
-use lettre::{Address, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 pub static KIND: ProviderKind = ProviderKind {
@@ -101,57 +101,240 @@ fn validate(v: &Value) -> Result<Value, ValidationErrors> {
 
 fn build(v: &Value) -> Result<Arc<dyn EmailProvider>, ValidationErrors> {
     let c: SmtpConfig = parse_config(&validate(v)?)?;
-    let tls = |host: &str| -> Result<TlsParameters, ValidationErrors> {
-        let mut b = TlsParameters::builder(host.to_string());
-        if let Some(pem) = &c.ca_cert_pem {
-            let cert = Certificate::from_pem(pem.as_bytes())
-                .map_err(|e| ValidationErrors::single("config.ca_cert_pem", e.to_string()))?;
-            b = b.add_root_certificate(cert);
+    let tls = match c.security {
+        Security::None => None,
+        Security::Starttls | Security::Tls => {
+            let mut b = TlsParameters::builder(c.host.clone());
+            if let Some(pem) = &c.ca_cert_pem {
+                let cert = Certificate::from_pem(pem.as_bytes())
+                    .map_err(|e| ValidationErrors::single("config.ca_cert_pem", e.to_string()))?;
+                b = b.add_root_certificate(cert);
+            }
+            Some(
+                b.build_rustls()
+                    .map_err(|e| ValidationErrors::single("config", e.to_string()))?,
+            )
         }
-        b.build_rustls()
-            .map_err(|e| ValidationErrors::single("config", e.to_string()))
     };
-    let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(c.host.clone())
-        .port(c.port.unwrap_or(25))
-        .timeout(Some(Duration::from_millis(c.timeout_ms)))
-        .pool_config(
-            PoolConfig::new()
-                .max_size(c.pool_size)
-                .idle_timeout(Duration::from_secs(60)),
-        );
-    b = match c.security {
-        Security::None => b.tls(Tls::None),
-        Security::Starttls => b.tls(Tls::Required(tls(&c.host)?)),
-        Security::Tls => b.tls(Tls::Wrapper(tls(&c.host)?)),
+    let hello = match &c.hello_name {
+        Some(h) => ClientId::Domain(h.clone()),
+        None => ClientId::default(),
     };
-    if let (Some(u), Some(p)) = (&c.username, &c.password) {
-        b = b.credentials(Credentials::new(u.clone(), p.clone()));
-    }
-    if let Some(h) = &c.hello_name {
-        b = b.hello_name(lettre::transport::smtp::extension::ClientId::Domain(
-            h.clone(),
-        ));
-    }
+    let credentials = match (&c.username, &c.password) {
+        (Some(u), Some(p)) => Some(Credentials::new(u.clone(), p.clone())),
+        _ => None,
+    };
     Ok(Arc::new(Smtp {
-        transport: b.build(),
         permits: Semaphore::new(c.pool_size as usize),
+        idle: Mutex::new(Vec::new()),
+        timeout: Duration::from_millis(c.timeout_ms),
+        cfg: c,
+        tls,
+        hello,
+        credentials,
     }))
 }
 
+/// Idle connections older than this are closed rather than reused (servers drop idle clients).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An SMTP relay with its own connection pool: at most `pool_size` connections, each reused for
+/// many messages. Connections are opened with TCP_NODELAY, because lettre writes a message body
+/// and its terminating `.` separately, and with Nagle's algorithm the second write waits for the
+/// peer's delayed ACK (~40 ms per message).
 pub struct Smtp {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    cfg: SmtpConfig,
+    tls: Option<TlsParameters>,
+    hello: ClientId,
+    credentials: Option<Credentials>,
+    timeout: Duration,
     permits: Semaphore,
+    idle: Mutex<Vec<(Instant, AsyncSmtpConnection)>>,
 }
 
 /// 4xx and network trouble retry; 5xx fails the message, except authentication refusals, which
 /// say the provider (not the message) is broken.
-fn classify(e: lettre::transport::smtp::Error) -> SendError {
+fn classify(e: Fail) -> SendError {
+    let e = match e {
+        Fail::Io(msg) => return SendError::Transient(format!("SMTP: {msg}")),
+        Fail::Smtp(e) => e,
+    };
     let code = e.status().map(|c| c.to_string());
     let msg = format!("SMTP: {e}");
     match code.as_deref() {
         Some("530" | "534" | "535" | "538") => SendError::ProviderDown(msg),
         _ if e.is_permanent() => SendError::Permanent(msg),
         _ => SendError::Transient(msg),
+    }
+}
+
+/// A failed SMTP exchange: the server's answer (or lettre's own error), or a socket-level failure.
+#[derive(Debug)]
+enum Fail {
+    Smtp(lettre::transport::smtp::Error),
+    Io(String),
+}
+
+impl Fail {
+    /// No SMTP reply code: the connection itself failed.
+    fn is_connection(&self) -> bool {
+        match self {
+            Fail::Io(_) => true,
+            Fail::Smtp(e) => e.status().is_none(),
+        }
+    }
+}
+
+impl std::fmt::Display for Fail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fail::Smtp(e) => e.fmt(f),
+            Fail::Io(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<lettre::transport::smtp::Error> for Fail {
+    fn from(e: lettre::transport::smtp::Error) -> Self {
+        Fail::Smtp(e)
+    }
+}
+
+impl Smtp {
+    async fn connect(&self) -> Result<AsyncSmtpConnection, Fail> {
+        let port = self.cfg.port.unwrap_or(25);
+        let mut conn = match self.cfg.security {
+            // Implicit TLS goes through lettre's own connector (it cannot take a pre-made socket
+            // for that), so it keeps Nagle's algorithm.
+            Security::Tls => {
+                AsyncSmtpConnection::connect_tokio1(
+                    (self.cfg.host.as_str(), port),
+                    Some(self.timeout),
+                    &self.hello,
+                    self.tls.clone(),
+                    None,
+                )
+                .await?
+            }
+            Security::None | Security::Starttls => {
+                let tcp = tokio::time::timeout(
+                    self.timeout,
+                    TcpStream::connect((self.cfg.host.as_str(), port)),
+                )
+                .await
+                .map_err(|_| {
+                    io_err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connection timed out",
+                    ))
+                })?
+                .map_err(io_err)?;
+                tcp.set_nodelay(true).map_err(io_err)?;
+                let mut conn = tokio::time::timeout(
+                    self.timeout,
+                    AsyncSmtpConnection::connect_with_transport(Box::new(Stream(tcp)), &self.hello),
+                )
+                .await
+                .map_err(|_| {
+                    io_err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "greeting timed out",
+                    ))
+                })??;
+                if let Some(tls) = &self.tls {
+                    conn.starttls(tls.clone(), &self.hello).await?;
+                }
+                conn
+            }
+        };
+        if let Some(creds) = &self.credentials {
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], creds)
+                .await?;
+        }
+        Ok(conn)
+    }
+
+    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some((since, conn)) = idle.pop() {
+            if since.elapsed() < IDLE_TIMEOUT {
+                return Some(conn);
+            }
+            drop(conn);
+        }
+        None
+    }
+
+    fn put_idle(&self, conn: AsyncSmtpConnection) {
+        if !conn.has_broken()
+            && let Ok(mut idle) = self.idle.lock()
+        {
+            idle.push((Instant::now(), conn));
+        }
+    }
+
+    async fn send_on(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        envelope: &Envelope,
+        bytes: &[u8],
+    ) -> Result<(), Fail> {
+        match tokio::time::timeout(self.timeout * 4, conn.send(envelope, bytes)).await {
+            Ok(r) => r.map(|_| ()).map_err(Fail::Smtp),
+            Err(_) => {
+                conn.abort().await;
+                Err(io_err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "SMTP transaction timed out",
+                )))
+            }
+        }
+    }
+}
+
+fn io_err(e: std::io::Error) -> Fail {
+    Fail::Io(e.to_string())
+}
+
+/// A TCP stream as lettre's transport trait wants it.
+#[derive(Debug)]
+struct Stream(TcpStream);
+
+impl lettre::transport::smtp::client::AsyncTokioStream for Stream {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.peer_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
 
@@ -176,10 +359,25 @@ impl EmailProvider for Smtp {
             .acquire()
             .await
             .map_err(|_| SendError::Transient("provider is shutting down".into()))?;
-        self.transport
-            .send_raw(&envelope, &mime.bytes)
+        if let Some(mut conn) = self.take_idle() {
+            match self.send_on(&mut conn, &envelope, &mime.bytes).await {
+                Ok(()) => {
+                    self.put_idle(conn);
+                    return Ok(SendReceipt {
+                        provider_message_id: Some(mime.message_id),
+                        captured: None,
+                    });
+                }
+                // A pooled connection the server has closed since: retry once on a fresh one.
+                Err(e) if e.is_connection() => {}
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        let mut conn = self.connect().await.map_err(classify)?;
+        self.send_on(&mut conn, &envelope, &mime.bytes)
             .await
             .map_err(classify)?;
+        self.put_idle(conn);
         Ok(SendReceipt {
             provider_message_id: Some(mime.message_id),
             captured: None,
@@ -187,15 +385,19 @@ impl EmailProvider for Smtp {
     }
 
     async fn health(&self) -> HealthReport {
-        match self.transport.test_connection().await {
-            Ok(true) => HealthReport {
-                healthy: true,
-                detail: "connected, EHLO and authentication accepted".into(),
-            },
-            Ok(false) => HealthReport {
-                healthy: false,
-                detail: "server did not answer NOOP".into(),
-            },
+        match self.connect().await {
+            Ok(mut conn) => {
+                let _ = conn.quit().await;
+                let detail = if self.credentials.is_some() {
+                    "connected, EHLO and authentication accepted"
+                } else {
+                    "connected and EHLO accepted"
+                };
+                HealthReport {
+                    healthy: true,
+                    detail: detail.into(),
+                }
+            }
             Err(e) => HealthReport {
                 healthy: false,
                 detail: format!("SMTP: {e}"),

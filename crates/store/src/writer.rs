@@ -148,7 +148,10 @@ impl Writer {
 
     pub async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Op::Claim(req, reply)).await.map_err(|_| StoreError::WriterClosed)?;
+        self.tx
+            .send(Op::Claim(req, reply))
+            .await
+            .map_err(|_| StoreError::WriterClosed)?;
         rx.await.map_err(|_| StoreError::WriterClosed)?
     }
 
@@ -267,7 +270,10 @@ async fn try_write(db: &Db, batch: &[Op]) -> Result<Vec<BatchResult>> {
         on_tx!(&mut tx, c => sqlx::query("SELECT pg_notify('courierx_jobs', '')").execute(&mut *c).await.map(|r| r.rows_affected()))?;
     }
     tx.commit().await?;
-    Ok(results.into_iter().map(|r| r.unwrap_or(BatchResult::Record)).collect())
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or(BatchResult::Record))
+        .collect())
 }
 
 /// Rows per multi-row INSERT: 24 columns × 400 rows stays under SQLite's 32,766 variables.
@@ -324,22 +330,50 @@ async fn claim(tx: &mut Tx, r: &ClaimRequest) -> Result<Vec<Claimed>> {
         Tx::Sqlite(_) => CLAIM_SQLITE,
         Tx::Postgres(_) => CLAIM_POSTGRES,
     };
-    let jobs: Vec<ClaimedJob> =
-        on_tx!(tx, c => sqlx::query_as(sql).bind(lease).bind(&r.worker).bind(r.now).bind(r.limit).fetch_all(&mut *c).await)?;
+    let jobs: Vec<ClaimedJob> = on_tx!(tx, c => sqlx::query_as(sql).bind(lease).bind(&r.worker).bind(r.now).bind(r.limit).fetch_all(&mut *c).await)?;
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    on_tx!(tx, c => sqlx::query(
-        "UPDATE messages SET status = 'sending', updated_at = $1
-         WHERE id IN (SELECT message_id FROM jobs WHERE locked_by = $2 AND lease_until = $3) AND status IN ('queued', 'sending')")
-        .bind(r.now).bind(&r.worker).bind(lease).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-    let sql = format!(
-        "SELECT {} FROM messages WHERE id IN (SELECT message_id FROM jobs WHERE locked_by = $1 AND lease_until = $2)",
+    // The claimed ids as one parameter: a JSON array for SQLite (`json_each`), an array for Postgres.
+    let ids: Vec<String> = jobs.iter().map(|j| j.message_id.clone()).collect();
+    let in_ids = match tx {
+        Tx::Sqlite(_) => "(SELECT value FROM json_each($1))",
+        Tx::Postgres(_) => "(SELECT unnest($1::text[]))",
+    };
+    let update = format!(
+        "UPDATE messages SET status = 'sending', updated_at = $2 WHERE id IN {in_ids} AND status IN ('queued', 'sending')"
+    );
+    let select = format!(
+        "SELECT {} FROM messages WHERE id IN {in_ids}",
         crate::messages::MESSAGE_COLS
     );
-    let rows: Vec<MessageRow> =
-        on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&r.worker).bind(lease).fetch_all(&mut *c).await)?;
-    let mut by_id: std::collections::HashMap<String, MessageRow> = rows.into_iter().map(|m| (m.id.clone(), m)).collect();
+    let rows: Vec<MessageRow> = match tx {
+        Tx::Sqlite(t) => {
+            let json = crate::to_json(&ids);
+            sqlx::query(sqlx::AssertSqlSafe(update))
+                .bind(&json)
+                .bind(r.now)
+                .execute(&mut **t)
+                .await?;
+            sqlx::query_as(sqlx::AssertSqlSafe(select))
+                .bind(&json)
+                .fetch_all(&mut **t)
+                .await?
+        }
+        Tx::Postgres(t) => {
+            sqlx::query(sqlx::AssertSqlSafe(update))
+                .bind(&ids)
+                .bind(r.now)
+                .execute(&mut **t)
+                .await?;
+            sqlx::query_as(sqlx::AssertSqlSafe(select))
+                .bind(&ids)
+                .fetch_all(&mut **t)
+                .await?
+        }
+    };
+    let mut by_id: std::collections::HashMap<String, MessageRow> =
+        rows.into_iter().map(|m| (m.id.clone(), m)).collect();
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
         match by_id.remove(&job.message_id) {
