@@ -7,7 +7,11 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{StatusCode, header, request::Parts};
 use courierx_domain::{ApiKeyId, ProjectId, RawApiKey, Role, TenantId, UserId, now_ms};
+use courierx_store::users::ApiKeyAuthRow;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// A JSON body. Malformed JSON → 400, a body over the limit → 413, a well-formed body of the
 /// wrong shape → 422 naming the field.
@@ -17,64 +21,61 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is larger than the limit",
-                )
-            } else {
-                ApiError::bad_request(format!("could not read the request body: {r}"))
-            }
-        })?;
-        parse_json(&bytes).map(Json)
+        parse_json(&read_body(req, state).await?).map(Json)
     }
 }
 
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than the limit",
+            )
+        } else {
+            ApiError::bad_request(format!("could not read the request body: {r}"))
+        }
+    })
+}
+
+/// One pass over the bytes: syntax errors are 400, a well-formed body of the wrong shape is 422
+/// naming the field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+    use serde_json::error::Category;
+    let malformed = |e: &serde_json::Error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed_json",
             format!("malformed JSON: {e}"),
         )
-    })?;
-    if !value.is_object() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            "the request body must be a JSON object",
-        ));
-    }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            "body".to_string()
-        } else {
-            path
-        };
-        ApiError::field(&field, e.inner().to_string())
-    })
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| match e.inner().classify() {
+            Category::Data => {
+                let path = e.path().to_string();
+                ApiError::field(
+                    if path == "." { "body" } else { &path },
+                    e.inner().to_string(),
+                )
+            }
+            Category::Syntax | Category::Eof | Category::Io => malformed(e.inner()),
+        })?;
+    de.end().map_err(|e| malformed(&e))?;
+    Ok(value)
 }
 
-/// The raw body with its JSON parsed, for endpoints that hash the exact request (idempotency).
+/// The parsed body together with its raw bytes, for endpoints that fingerprint the exact request
+/// (idempotency).
 pub struct JsonWithBytes<T>(pub T, pub Bytes);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonWithBytes<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(v): Json<serde_json::Value> = Json::from_request(req, state).await?;
-        let canonical = Bytes::from(v.to_string());
-        let parsed = serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            ApiError::field(
-                if path == "." { "body" } else { &path },
-                e.inner().to_string(),
-            )
-        })?;
-        Ok(JsonWithBytes(parsed, canonical))
+        let bytes = read_body(req, state).await?;
+        Ok(JsonWithBytes(parse_json(&bytes)?, bytes))
     }
 }
 
@@ -161,12 +162,20 @@ impl FromRequestParts<AppState> for ProjectCtx {
             })?;
         let key =
             RawApiKey::parse(presented).ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-        let row = state
-            .engine
-            .db
-            .find_api_key_by_hash(key.hash().as_str())
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+        let hash = key.hash();
+        let row = match state.keys.get(hash.as_str()) {
+            Some(row) => row,
+            None => {
+                let row = state
+                    .engine
+                    .db
+                    .find_api_key_by_hash(hash.as_str())
+                    .await?
+                    .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+                state.keys.put(hash.as_str(), row.clone());
+                row
+            }
+        };
         let now = now_ms();
         if row.revoked_at.is_some() {
             return Err(ApiError::unauthorized("this API key has been revoked"));
@@ -175,6 +184,7 @@ impl FromRequestParts<AppState> for ProjectCtx {
             return Err(ApiError::unauthorized("this API key has expired"));
         }
         if row.last_used_at.is_none_or(|t| now - t > TOUCH_EVERY_MS) {
+            state.keys.note_use(hash.as_str(), now);
             let db = state.engine.db.clone();
             let id = row.id.clone();
             tokio::spawn(async move {
@@ -232,6 +242,51 @@ impl FromRequestParts<AppState> for Principal {
             UserCtx::from_request_parts(parts, state)
                 .await
                 .map(Principal::User)
+        }
+    }
+}
+
+/// How long a looked-up API key is trusted before it is read again. Revocation through this
+/// process takes effect at once (the entry is dropped); through another process within this time.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// API keys recently read from the database, by hash, so authenticating a request is not a
+/// database round trip each time.
+#[derive(Default)]
+pub struct KeyCache {
+    inner: Mutex<HashMap<String, (Instant, ApiKeyAuthRow)>>,
+}
+
+impl KeyCache {
+    fn get(&self, hash: &str) -> Option<ApiKeyAuthRow> {
+        let map = self.inner.lock().ok()?;
+        map.get(hash)
+            .filter(|(at, _)| at.elapsed() < KEY_CACHE_TTL)
+            .map(|(_, row)| row.clone())
+    }
+
+    fn put(&self, hash: &str, row: ApiKeyAuthRow) {
+        if let Ok(mut map) = self.inner.lock() {
+            if map.len() > 10_000 {
+                map.retain(|_, (at, _)| at.elapsed() < KEY_CACHE_TTL);
+            }
+            map.insert(hash.to_string(), (Instant::now(), row));
+        }
+    }
+
+    /// Records a use in the cached row, so concurrent requests do not all write `last_used_at`.
+    fn note_use(&self, hash: &str, now: i64) {
+        if let Ok(mut map) = self.inner.lock()
+            && let Some((_, row)) = map.get_mut(hash)
+        {
+            row.last_used_at = Some(now);
+        }
+    }
+
+    /// Forgets every cached key of a project (after a revocation or the project's deletion).
+    pub fn forget_project(&self, project: &str) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.retain(|_, (_, row)| row.project_id != project);
         }
     }
 }

@@ -46,6 +46,7 @@ pub struct AppState {
     pub cfg: Arc<ApiConfig>,
     pub metrics: PrometheusHandle,
     pub health: Arc<ProcessHealth>,
+    pub keys: Arc<extract::KeyCache>,
 }
 
 #[derive(OpenApi)]

@@ -162,6 +162,7 @@ pub async fn serve(
         }),
         metrics: metrics_handle(),
         health: health.clone(),
+        keys: Default::default(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener_task = if s.run_workers {

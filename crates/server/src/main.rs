@@ -3,6 +3,11 @@ use courierx::config::{LogFormat, RawSettings, Settings};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// mimalloc: the request path allocates many small objects across threads; glibc malloc showed
+// up at ~8% of CPU in profiles of the accept path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// CourierX: self-hostable, multi-tenant notification delivery in one binary.
 #[derive(Parser)]
 #[command(name = "courierx", version, about)]

@@ -203,6 +203,7 @@ async fn delete_project(
     {
         return Err(ApiError::not_found("project"));
     }
+    state.keys.forget_project(&id.to_string());
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -347,5 +348,6 @@ async fn revoke_key(
     {
         return Err(ApiError::not_found("api key"));
     }
+    state.keys.forget_project(&project.id);
     Ok(StatusCode::NO_CONTENT)
 }
