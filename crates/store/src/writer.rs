@@ -251,8 +251,14 @@ async fn try_write(db: &Db, batch: &[Op]) -> Result<Vec<BatchResult>> {
             results[i] = Some(BatchResult::Accept(out));
         }
     }
-    for chunk in accepted.chunks(BULK_ROWS) {
+    let mut rest = &accepted[..];
+    while !rest.is_empty() {
+        // A few fixed chunk sizes keep the statement texts few, so their prepared (and, on
+        // Postgres, planned) forms are reused from the connection's statement cache.
+        let n = BULK_SIZES.iter().copied().find(|&s| s <= rest.len()).unwrap_or(1);
+        let (chunk, tail) = rest.split_at(n);
         insert_accepted(&mut tx, chunk).await?;
+        rest = tail;
     }
     for (i, op) in batch.iter().enumerate() {
         if let Op::Record(rec, _) = op {
@@ -276,8 +282,9 @@ async fn try_write(db: &Db, batch: &[Op]) -> Result<Vec<BatchResult>> {
         .collect())
 }
 
-/// Rows per multi-row INSERT: 24 columns × 400 rows stays under SQLite's 32,766 variables.
-const BULK_ROWS: usize = 400;
+/// Rows per multi-row INSERT, largest first: 24 columns × 256 rows stays under SQLite's 32,766
+/// variables.
+const BULK_SIZES: [usize; 7] = [256, 64, 32, 16, 8, 4, 1];
 
 /// Inserts messages, their `queued` events and their jobs with one statement per table.
 async fn insert_accepted(tx: &mut Tx, msgs: &[&NewMessage]) -> Result<()> {
@@ -295,19 +302,19 @@ async fn insert_accepted(tx: &mut Tx, msgs: &[&NewMessage]) -> Result<()> {
                 .push_bind(r.idempotency_key.clone()).push_bind(r.provider_id.clone()).push_bind(r.provider_message_id.clone())
                 .push_bind(r.attempts).push_bind(r.last_error.clone()).push_bind(r.created_at).push_bind(r.updated_at).push_bind(r.sent_at);
         });
-        q.build().persistent(false).execute(&mut *c).await?;
+        q.build().execute(&mut *c).await?;
         let mut q = sqlx::QueryBuilder::new("INSERT INTO message_events (id, tenant_id, message_id, type, at, provider_id, recipient, detail) ");
         q.push_values(msgs, |mut b, m| {
             b.push_bind(crate::users::uuid_v7()).push_bind(m.row.tenant_id.clone()).push_bind(m.row.id.clone()).push_bind("queued")
                 .push_bind(m.row.created_at).push_bind(None::<String>).push_bind(None::<String>).push_bind("{}");
         });
-        q.build().persistent(false).execute(&mut *c).await?;
+        q.build().execute(&mut *c).await?;
         let mut q = sqlx::QueryBuilder::new("INSERT INTO jobs (id, tenant_id, message_id, kind, run_at, attempts, max_attempts) ");
         q.push_values(msgs, |mut b, m| {
             b.push_bind(m.job_id.clone()).push_bind(m.row.tenant_id.clone()).push_bind(m.row.id.clone()).push_bind("deliver")
                 .push_bind(m.run_at).push_bind(0i64).push_bind(m.max_attempts);
         });
-        q.build().persistent(false).execute(&mut *c).await.map(|_| ())
+        q.build().execute(&mut *c).await.map(|_| ())
     })?;
     Ok(())
 }
