@@ -255,7 +255,11 @@ async fn try_write(db: &Db, batch: &[Op]) -> Result<Vec<BatchResult>> {
     while !rest.is_empty() {
         // A few fixed chunk sizes keep the statement texts few, so their prepared (and, on
         // Postgres, planned) forms are reused from the connection's statement cache.
-        let n = BULK_SIZES.iter().copied().find(|&s| s <= rest.len()).unwrap_or(1);
+        let n = BULK_SIZES
+            .iter()
+            .copied()
+            .find(|&s| s <= rest.len())
+            .unwrap_or(1);
         let (chunk, tail) = rest.split_at(n);
         insert_accepted(&mut tx, chunk).await?;
         rest = tail;
