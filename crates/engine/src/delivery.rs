@@ -176,6 +176,8 @@ fn outbound(m: &MessageRow) -> Result<OutboundEmail, SendError> {
             .into_iter()
             .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
             .collect(),
+        tags: serde_json::from_str(&m.tags).unwrap_or_default(),
+        metadata: serde_json::from_str(&m.metadata).unwrap_or_default(),
         idempotency_key: m.idempotency_key.clone(),
     })
 }

@@ -46,6 +46,10 @@ pub struct OutboundEmail {
     pub html: Option<String>,
     pub text: Option<String>,
     pub headers: Vec<(String, String)>,
+    /// Labels for the provider's own tagging (SendGrid categories, Postmark tag, SES tags…).
+    pub tags: Vec<String>,
+    /// Caller metadata, passed on where the provider supports custom arguments.
+    pub metadata: serde_json::Map<String, Value>,
     pub idempotency_key: Option<String>,
 }
 

@@ -92,6 +92,8 @@ mod tests {
             html: Some("<p>Hi</p>".into()),
             text: Some("Hi".into()),
             headers: vec![("X-Campaign".into(), "spring".into())],
+            tags: vec![],
+            metadata: Default::default(),
             idempotency_key: None,
         }
     }
