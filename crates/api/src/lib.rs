@@ -96,6 +96,7 @@ fn v1_router() -> OpenApiRouter<AppState> {
         .merge(v1::users::router())
         .merge(v1::projects::router())
         .merge(v1::providers::router())
+        .merge(v1::routes::router())
         .merge(v1::messages::router())
         .merge(v1::sandbox::router())
         .merge(ops::router())

@@ -51,7 +51,8 @@ async fn health() -> axum::Json<Health> {
     })
 }
 
-/// Readiness: the database answers, the queue is drained in time and workers run.
+/// Readiness: the database answers, the queue is drained in time and workers run; provider
+/// circuits that are open or half-open show as `degraded`.
 #[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, body = Ready), (status = 503, body = Ready)))]
 async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Ready>) {
     let mut checks = Vec::new();
@@ -103,6 +104,36 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Ready>)
         status: wstatus.into(),
         latency_ms: 0,
         detail: wdetail.into(),
+    });
+    // One provider's outage degrades delivery (routes fail over) but does not make the process
+    // unready. Errors stay out: this endpoint is unauthenticated and spans tenants.
+    let circuits = state.engine.breakers.not_closed();
+    checks.push(Check {
+        name: "providers".into(),
+        status: if circuits.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        }
+        .into(),
+        latency_ms: 0,
+        detail: if circuits.is_empty() {
+            "every provider circuit is closed".into()
+        } else {
+            circuits
+                .iter()
+                .map(|(id, v)| {
+                    format!(
+                        "provider {id} circuit {}",
+                        serde_json::to_value(v.state)
+                            .ok()
+                            .and_then(|s| s.as_str().map(str::to_string))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
     });
     let failing = checks.iter().any(|c| c.status == "failing");
     let code = if failing {

@@ -11,6 +11,8 @@ pub enum EmailError {
     Invalid,
     #[error("is too long")]
     TooLong,
+    #[error("is not a valid domain name")]
+    InvalidDomain,
     #[error("must not contain control characters or line breaks")]
     Control,
 }
@@ -45,20 +47,7 @@ impl EmailAddress {
         {
             return Err(EmailError::Invalid);
         }
-        let labels: Vec<&str> = domain.split('.').collect();
-        let label_ok = |l: &&str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        };
-        if labels.len() < 2
-            || !labels.iter().all(label_ok)
-            || labels
-                .last()
-                .is_some_and(|t| t.chars().all(|c| c.is_ascii_digit()))
-        {
+        if !is_domain(domain) {
             return Err(EmailError::Invalid);
         }
         Ok(Self(format!("{local}@{}", domain.to_ascii_lowercase())))
@@ -70,6 +59,51 @@ impl EmailAddress {
 
     pub fn domain(&self) -> &str {
         self.0.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
+    }
+}
+
+/// LDH labels, at least two, and a top-level label that is not all digits.
+fn is_domain(domain: &str) -> bool {
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    domain.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(label_ok)
+        && !labels
+            .last()
+            .is_some_and(|t| t.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// A lower-cased DNS domain name such as `mail.acme.com` (the domain part of an address).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DomainName(String);
+
+impl DomainName {
+    pub fn parse(input: &str) -> Result<Self, EmailError> {
+        let s = input.trim();
+        if s.is_empty() {
+            return Err(EmailError::Empty);
+        }
+        if !is_domain(s) {
+            return Err(EmailError::InvalidDomain);
+        }
+        Ok(Self(s.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

@@ -57,5 +57,6 @@ typed_id!(
     MessageId,
     EventId,
     JobId,
-    TokenFamilyId
+    TokenFamilyId,
+    RouteId
 );

@@ -9,7 +9,7 @@ pub mod message;
 pub mod role;
 pub mod text;
 
-pub use email::{EmailAddress, Mailbox};
+pub use email::{DomainName, EmailAddress, Mailbox};
 pub use error::{FieldError, ValidationErrors};
 pub use ids::*;
 pub use keys::{ApiKeyHash, RawApiKey, Sha256Hex};

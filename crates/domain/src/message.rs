@@ -94,6 +94,8 @@ impl FromStr for MessageStatus {
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     Queued,
+    /// A provider tried within an attempt that failed over to the next one.
+    ProviderTry,
     AttemptFailed,
     Sent,
     Failed,
@@ -104,6 +106,7 @@ impl EventType {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",
+            Self::ProviderTry => "provider_try",
             Self::AttemptFailed => "attempt_failed",
             Self::Sent => "sent",
             Self::Failed => "failed",

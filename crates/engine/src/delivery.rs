@@ -4,12 +4,13 @@
 
 use crate::Engine;
 use crate::backoff::delay_ms;
+use crate::project_cache::ProjectSnapshot;
+use crate::routing::{PlanTarget, RoutingInput};
 use courierx_domain::{Mailbox, now_ms};
 use courierx_providers::{OutboundEmail, SendError, SendReceipt};
-use courierx_store::jobs::ClaimedJob;
 use courierx_store::messages::MessageRow;
 use courierx_store::sandbox::SandboxRow;
-use courierx_store::writer::{AttemptRecord, ClaimRequest, Claimed, Outcome};
+use courierx_store::writer::{AttemptRecord, ClaimRequest, Claimed, Outcome, ProviderTry};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -182,39 +183,182 @@ fn outbound(m: &MessageRow) -> Result<OutboundEmail, SendError> {
     })
 }
 
+/// The input routing looks at, from an outbound email.
+fn routing_input(email: &OutboundEmail) -> RoutingInput<'_> {
+    RoutingInput {
+        from_domain: email.from.address.domain(),
+        recipient_domains: email
+            .to
+            .iter()
+            .chain(&email.cc)
+            .chain(&email.bcc)
+            .map(|m| m.address.domain())
+            .collect(),
+        tags: &email.tags,
+        metadata: &email.metadata,
+    }
+}
+
+/// How one attempt ended: the try that decided it, or the last transient failure.
+struct Decided {
+    provider_id: Option<String>,
+    kind: String,
+    latency_ms: i64,
+    result: Result<SendReceipt, SendError>,
+}
+
+/// Goes through the plan's groups in order within one attempt: one provider per group, chosen
+/// by weight among those whose circuit is closed; a transient failure or an open circuit moves
+/// on to the next group; success or a permanent rejection of the message ends the attempt.
+async fn try_groups(
+    e: &Engine,
+    snap: &ProjectSnapshot,
+    email: &OutboundEmail,
+    failovers: &mut Vec<ProviderTry>,
+) -> Decided {
+    let plan = snap.plan(&routing_input(email));
+    let mut last = Decided {
+        provider_id: None,
+        kind: String::new(),
+        latency_ms: 0,
+        result: Err(SendError::Transient(if plan.groups.is_empty() {
+            "the project has no provider for this message (no matching route and no default provider); set one and the message will be retried".into()
+        } else {
+            "every provider's circuit is open".into()
+        })),
+    };
+    for group in &plan.groups {
+        let candidates: Vec<&PlanTarget> = group
+            .targets
+            .iter()
+            .filter(|t| {
+                snap.providers
+                    .get(&t.provider_id)
+                    .is_some_and(|p| e.breakers.allow(&t.provider_id, &p.options.circuit_breaker))
+            })
+            .collect();
+        let Some(target) = e.balancer.pick(&plan.key, group, &candidates) else {
+            for t in &group.targets {
+                failovers.push(ProviderTry {
+                    provider_id: t.provider_id.clone(),
+                    outcome: "circuit_open",
+                    latency_ms: 0,
+                    error: "circuit breaker is open; provider skipped".into(),
+                });
+            }
+            continue;
+        };
+        let Some(entry) = snap.providers.get(&target.provider_id) else {
+            continue;
+        };
+        if let Some(prev) = last.provider_id.take() {
+            let error = match &last.result {
+                Err(err) => err.to_string(),
+                Ok(_) => String::new(),
+            };
+            failovers.push(ProviderTry {
+                provider_id: prev,
+                outcome: match &last.result {
+                    Err(SendError::ProviderDown(_)) => "provider_down",
+                    _ => "transient",
+                },
+                latency_ms: last.latency_ms,
+                error,
+            });
+        }
+        let kind = entry.row.kind.clone();
+        let provider = match e.providers.get(&entry.row, &e.secrets) {
+            Ok(p) => p,
+            Err(err) => {
+                failovers.push(ProviderTry {
+                    provider_id: target.provider_id.clone(),
+                    outcome: "unusable",
+                    latency_ms: 0,
+                    error: format!("provider cannot be used: {err}"),
+                });
+                continue;
+            }
+        };
+        e.pacers
+            .wait(&target.provider_id, &kind, entry.options.rate_per_second)
+            .await;
+        let started = Instant::now();
+        let result = provider.send(email).await;
+        let latency_ms = started.elapsed().as_millis() as i64;
+        let outcome = match &result {
+            Ok(_) => "sent",
+            Err(SendError::Permanent(_)) => "rejected",
+            Err(SendError::Transient(_)) => "transient",
+            Err(SendError::ProviderDown(_)) => "provider_down",
+        };
+        metrics::counter!("courierx_provider_tries_total", "provider" => kind.clone(), "outcome" => outcome)
+            .increment(1);
+        let cfg = &entry.options.circuit_breaker;
+        let done = match &result {
+            // A rejection of the message itself says the provider is up; it does not fail over.
+            Ok(_) | Err(SendError::Permanent(_)) => {
+                e.breakers.success(&target.provider_id);
+                true
+            }
+            Err(err @ SendError::Transient(_)) => {
+                e.breakers
+                    .failure(&target.provider_id, cfg, false, &err.to_string());
+                false
+            }
+            Err(err @ SendError::ProviderDown(_)) => {
+                e.breakers
+                    .failure(&target.provider_id, cfg, true, &err.to_string());
+                false
+            }
+        };
+        last = Decided {
+            provider_id: Some(target.provider_id.clone()),
+            kind,
+            latency_ms,
+            result,
+        };
+        if done {
+            break;
+        }
+    }
+    last
+}
+
 async fn deliver(e: &Engine, claimed: Claimed) {
-    let started = Instant::now();
     let Claimed { job, message: msg } = claimed;
-    let provider_row = match e
-        .db
-        .default_provider_of_project(&msg.tenant_id, &msg.project_id)
-        .await
-    {
-        Ok(p) => p,
+    let (Ok(tenant), Ok(project)) = (msg.tenant_id.parse(), msg.project_id.parse()) else {
+        tracing::error!(message = msg.id, "stored message has malformed ids");
+        return;
+    };
+    let snap = match e.project_snapshot(tenant, project).await {
+        Ok(s) => s,
         Err(err) => {
-            tracing::warn!(error = %err, "loading provider failed; the lease will expire and retry");
+            tracing::warn!(error = %err, "loading the project failed; the lease will expire and retry");
             return;
         }
     };
-    let provider_id = provider_row.as_ref().map(|p| p.id.clone());
-    let result: Result<SendReceipt, SendError> = match &provider_row {
-        None => Err(SendError::Transient(
-            "the project has no default provider; set one and the message will be retried".into(),
-        )),
-        Some(row) => match e.providers.get(row, &e.secrets) {
-            Err(err) => Err(SendError::Transient(format!(
-                "provider cannot be used: {err}"
-            ))),
-            Ok(p) => match outbound(&msg) {
-                Ok(email) => p.send(&email).await,
-                Err(err) => Err(err),
-            },
+    let mut failovers = Vec::new();
+    let decided = match (&snap, outbound(&msg)) {
+        (_, Err(err)) => Decided {
+            provider_id: None,
+            kind: String::new(),
+            latency_ms: 0,
+            result: Err(err),
         },
+        (None, _) => Decided {
+            provider_id: None,
+            kind: String::new(),
+            latency_ms: 0,
+            result: Err(SendError::Permanent("the project was deleted".into())),
+        },
+        (Some(snap), Ok(email)) => try_groups(e, snap, &email, &mut failovers).await,
     };
-    let kind = provider_row
-        .as_ref()
-        .map(|r| r.kind.clone())
-        .unwrap_or_default();
+    let Decided {
+        provider_id,
+        kind,
+        latency_ms,
+        result,
+    } = decided;
     let outcome = match result {
         Ok(receipt) => {
             let sandbox = receipt.captured.map(|mime| SandboxRow {
@@ -263,24 +407,14 @@ async fn deliver(e: &Engine, claimed: Claimed) {
     };
     metrics::counter!("courierx_delivery_attempts_total", "provider" => kind, "outcome" => label)
         .increment(1);
-    finish(e, &job, &msg, provider_id, started, outcome).await;
-}
-
-async fn finish(
-    e: &Engine,
-    job: &ClaimedJob,
-    msg: &MessageRow,
-    provider_id: Option<String>,
-    started: Instant,
-    outcome: Outcome,
-) {
     let rec = AttemptRecord {
         tenant_id: msg.tenant_id.clone(),
         message_id: job.message_id.clone(),
         provider_id,
         attempt: job.attempts,
         at: now_ms(),
-        latency_ms: started.elapsed().as_millis() as i64,
+        latency_ms,
+        failovers,
         outcome,
     };
     if let Err(err) = e.writer.record(rec).await {

@@ -4,9 +4,14 @@
 pub mod accept;
 pub mod auth;
 pub mod backoff;
+pub mod breaker;
 pub mod delivery;
+pub mod pacing;
+pub mod project_cache;
 pub mod providers;
+pub mod routing;
 pub mod secrets;
+pub mod settings;
 
 use courierx_store::Db;
 use courierx_store::writer::Writer;
@@ -52,6 +57,10 @@ pub struct Engine {
     /// Wakes this process's workers when a job is enqueued (no tight polling).
     pub wake: Arc<Notify>,
     pub providers: providers::ProviderCache,
+    pub projects: project_cache::ProjectCache,
+    pub breakers: breaker::Breakers,
+    pub pacers: pacing::Pacers,
+    pub balancer: routing::Balancer,
 }
 
 impl Engine {
@@ -64,6 +73,10 @@ impl Engine {
             tokens: auth::TokenKeys::derive(key),
             wake: Arc::new(Notify::new()),
             providers: providers::ProviderCache::default(),
+            projects: Default::default(),
+            breakers: Default::default(),
+            pacers: Default::default(),
+            balancer: Default::default(),
         }
     }
 }

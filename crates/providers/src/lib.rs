@@ -2,8 +2,14 @@
 //! [`ProviderKind`] entry; [`KINDS`] is the one table that registers them. Adding a provider
 //! touches one new file and one line here.
 
+mod http;
+pub mod mailgun;
 pub mod mime;
+pub mod postmark;
+pub mod resend;
 pub mod sandbox;
+pub mod sendgrid;
+pub mod ses;
 pub mod smtp;
 
 use async_trait::async_trait;
@@ -14,7 +20,15 @@ use std::sync::Arc;
 pub use mime::RenderedMime;
 
 /// Every provider type CourierX knows.
-pub static KINDS: &[&ProviderKind] = &[&sandbox::KIND, &smtp::KIND];
+pub static KINDS: &[&ProviderKind] = &[
+    &sandbox::KIND,
+    &smtp::KIND,
+    &ses::KIND,
+    &sendgrid::KIND,
+    &mailgun::KIND,
+    &postmark::KIND,
+    &resend::KIND,
+];
 
 pub fn kind(name: &str) -> Option<&'static ProviderKind> {
     KINDS.iter().copied().find(|k| k.name == name)

@@ -33,6 +33,14 @@ pub enum Security {
     Tls,
 }
 
+/// SASL mechanism to insist on; without one, PLAIN then LOGIN, whichever the server offers.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMechanism {
+    Plain,
+    Login,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
@@ -42,8 +50,11 @@ pub struct SmtpConfig {
     pub security: Security,
     pub username: Option<String>,
     pub password: Option<String>,
-    #[serde(default = "default_pool")]
-    pub pool_size: u32,
+    /// Most connections open to the relay at once, each carrying one message at a time.
+    /// `pool_size` is its older name, still read from stored configs.
+    #[serde(default = "default_max_connections", alias = "pool_size")]
+    pub max_connections: u32,
+    pub auth_mechanism: Option<AuthMechanism>,
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
     /// Name sent in EHLO; the machine's hostname when absent.
@@ -55,7 +66,7 @@ pub struct SmtpConfig {
 fn default_security() -> Security {
     Security::Starttls
 }
-fn default_pool() -> u32 {
+fn default_max_connections() -> u32 {
     10
 }
 fn default_timeout() -> u64 {
@@ -76,14 +87,17 @@ fn validate(v: &Value) -> Result<Value, ValidationErrors> {
     if c.port == Some(0) {
         errs.add("config.port", "must be 1 to 65535");
     }
-    if !(1..=100).contains(&c.pool_size) {
-        errs.add("config.pool_size", "must be 1 to 100");
+    if !(1..=100).contains(&c.max_connections) {
+        errs.add("config.max_connections", "must be 1 to 100");
     }
     if !(100..=300_000).contains(&c.timeout_ms) {
         errs.add("config.timeout_ms", "must be 100 to 300000");
     }
     if c.username.is_some() != c.password.is_some() {
         errs.add("config.password", "username and password go together");
+    }
+    if c.auth_mechanism.is_some() && c.username.is_none() {
+        errs.add("config.auth_mechanism", "needs a username and password");
     }
     if let Some(pem) = &c.ca_cert_pem
         && Certificate::from_pem(pem.as_bytes()).is_err()
@@ -124,22 +138,28 @@ fn build(v: &Value) -> Result<Arc<dyn EmailProvider>, ValidationErrors> {
         (Some(u), Some(p)) => Some(Credentials::new(u.clone(), p.clone())),
         _ => None,
     };
+    let mechanisms: &'static [Mechanism] = match c.auth_mechanism {
+        Some(AuthMechanism::Plain) => &[Mechanism::Plain],
+        Some(AuthMechanism::Login) => &[Mechanism::Login],
+        None => &[Mechanism::Plain, Mechanism::Login],
+    };
     Ok(Arc::new(Smtp {
-        permits: Semaphore::new(c.pool_size as usize),
+        permits: Semaphore::new(c.max_connections as usize),
         idle: Mutex::new(Vec::new()),
         timeout: Duration::from_millis(c.timeout_ms),
         cfg: c,
         tls,
         hello,
         credentials,
+        mechanisms,
     }))
 }
 
 /// Idle connections older than this are closed rather than reused (servers drop idle clients).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// An SMTP relay with its own connection pool: at most `pool_size` connections, each reused for
-/// many messages. Connections are opened with TCP_NODELAY, because lettre writes a message body
+/// An SMTP relay with its own connection pool: at most `max_connections` connections, each reused
+/// for many messages. Connections are opened with TCP_NODELAY, because lettre writes a message body
 /// and its terminating `.` separately, and with Nagle's algorithm the second write waits for the
 /// peer's delayed ACK (~40 ms per message).
 pub struct Smtp {
@@ -147,6 +167,7 @@ pub struct Smtp {
     tls: Option<TlsParameters>,
     hello: ClientId,
     credentials: Option<Credentials>,
+    mechanisms: &'static [Mechanism],
     timeout: Duration,
     permits: Semaphore,
     idle: Mutex<Vec<(Instant, AsyncSmtpConnection)>>,
@@ -157,6 +178,7 @@ pub struct Smtp {
 fn classify(e: Fail) -> SendError {
     let e = match e {
         Fail::Io(msg) => return SendError::Transient(format!("SMTP: {msg}")),
+        Fail::Setup(msg) => return SendError::ProviderDown(format!("SMTP: {msg}")),
         Fail::Smtp(e) => e,
     };
     let code = e.status().map(|c| c.to_string());
@@ -168,11 +190,13 @@ fn classify(e: Fail) -> SendError {
     }
 }
 
-/// A failed SMTP exchange: the server's answer (or lettre's own error), or a socket-level failure.
+/// A failed SMTP exchange: the server's answer (or lettre's own error), a socket-level failure,
+/// or a relay that cannot do what the config asks (no STARTTLS, no usable AUTH mechanism).
 #[derive(Debug)]
 enum Fail {
     Smtp(lettre::transport::smtp::Error),
     Io(String),
+    Setup(String),
 }
 
 impl Fail {
@@ -181,6 +205,7 @@ impl Fail {
         match self {
             Fail::Io(_) => true,
             Fail::Smtp(e) => e.status().is_none(),
+            Fail::Setup(_) => false,
         }
     }
 }
@@ -189,7 +214,7 @@ impl std::fmt::Display for Fail {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Fail::Smtp(e) => e.fmt(f),
-            Fail::Io(m) => f.write_str(m),
+            Fail::Io(m) | Fail::Setup(m) => f.write_str(m),
         }
     }
 }
@@ -204,8 +229,8 @@ impl Smtp {
     async fn connect(&self) -> Result<AsyncSmtpConnection, Fail> {
         let port = self.cfg.port.unwrap_or(25);
         let mut conn = match self.cfg.security {
-            // Implicit TLS goes through lettre's own connector (it cannot take a pre-made socket
-            // for that), so it keeps Nagle's algorithm.
+            // lettre 0.11 cannot start an implicit-TLS session on a socket opened here (no public
+            // constructor takes a stream it has encrypted), so this path keeps Nagle's algorithm.
             Security::Tls => {
                 AsyncSmtpConnection::connect_tokio1(
                     (self.cfg.host.as_str(), port),
@@ -242,14 +267,15 @@ impl Smtp {
                     ))
                 })??;
                 if let Some(tls) = &self.tls {
-                    conn.starttls(tls.clone(), &self.hello).await?;
+                    conn.starttls(tls.clone(), &self.hello)
+                        .await
+                        .map_err(setup_err)?;
                 }
                 conn
             }
         };
         if let Some(creds) = &self.credentials {
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], creds)
-                .await?;
+            conn.auth(self.mechanisms, creds).await.map_err(setup_err)?;
         }
         Ok(conn)
     }
@@ -289,6 +315,16 @@ impl Smtp {
                 )))
             }
         }
+    }
+}
+
+/// lettre refuses on its own (status-less client error) when the server lacks what the config
+/// needs; that's the provider's fault, not the message's.
+fn setup_err(e: lettre::transport::smtp::Error) -> Fail {
+    if e.is_client() {
+        Fail::Setup(e.to_string())
+    } else {
+        Fail::Smtp(e)
     }
 }
 

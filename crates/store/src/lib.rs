@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod messages;
 pub mod projects;
 pub mod providers;
+pub mod routes;
 pub mod sandbox;
 pub mod stats;
 pub mod users;

@@ -11,6 +11,9 @@ pub struct ProjectRow {
     pub slug: String,
     pub default_provider_id: Option<String>,
     pub created_at: i64,
+    /// JSON of the project's email settings (validated by the API).
+    pub email_settings: String,
+    pub updated_at: i64,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -25,7 +28,8 @@ pub struct ApiKeyRow {
     pub revoked_at: Option<i64>,
 }
 
-const PROJECT_COLS: &str = "id, tenant_id, name, slug, default_provider_id, created_at";
+const PROJECT_COLS: &str =
+    "id, tenant_id, name, slug, default_provider_id, created_at, email_settings, updated_at";
 
 impl Db {
     /// Creates a project; a slug already used in the tenant gets a numeric suffix.
@@ -41,7 +45,7 @@ impl Db {
         let mut candidate = slug.to_string();
         for n in 2..1000 {
             let r = on!(self, p => sqlx::query(
-                "INSERT INTO projects (id, tenant_id, name, slug, default_provider_id, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                "INSERT INTO projects (id, tenant_id, name, slug, default_provider_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)")
                 .bind(id.to_string()).bind(tenant.to_string()).bind(name).bind(&candidate)
                 .bind(default_provider.map(|p| p.to_string())).bind(now).execute(p).await.map(|r| r.rows_affected()));
             match r.map_err(|e| StoreError::unique(e, "slug_taken")) {
@@ -53,6 +57,8 @@ impl Db {
                         slug: candidate,
                         default_provider_id: default_provider.map(|p| p.to_string()),
                         created_at: now,
+                        email_settings: "{}".into(),
+                        updated_at: now,
                     });
                 }
                 Err(StoreError::Conflict(_)) => candidate = format!("{slug}-{n}"),
@@ -87,14 +93,18 @@ impl Db {
         id: ProjectId,
         name: Option<&str>,
         default_provider: Option<Option<ProviderId>>,
+        email_settings: Option<&str>,
+        now: Millis,
     ) -> Result<Option<ProjectRow>> {
         let set_provider = default_provider.is_some();
         let provider = default_provider.flatten().map(|p| p.to_string());
         let n = on!(self, p => sqlx::query(
             "UPDATE projects SET name = COALESCE($1, name),
-                default_provider_id = CASE WHEN $2 THEN $3 ELSE default_provider_id END
-             WHERE tenant_id = $4 AND id = $5 AND deleted_at IS NULL")
-            .bind(name).bind(set_provider).bind(provider).bind(tenant.to_string()).bind(id.to_string())
+                default_provider_id = CASE WHEN $2 THEN $3 ELSE default_provider_id END,
+                email_settings = COALESCE($4, email_settings), updated_at = $5
+             WHERE tenant_id = $6 AND id = $7 AND deleted_at IS NULL")
+            .bind(name).bind(set_provider).bind(provider).bind(email_settings).bind(now)
+            .bind(tenant.to_string()).bind(id.to_string())
             .execute(p).await.map(|r| r.rows_affected()))?;
         if n == 0 {
             return Ok(None);

@@ -15,17 +15,19 @@ pub struct ProviderRow {
     pub key_version: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Type-independent delivery options as JSON (pacing, circuit breaker).
+    pub options: String,
 }
 
-const COLS: &str = "id, tenant_id, name, type, config_public, secret_ciphertext, key_version, created_at, updated_at";
+const COLS: &str = "id, tenant_id, name, type, config_public, secret_ciphertext, key_version, created_at, updated_at, options";
 
 impl Db {
     pub async fn create_provider(&self, row: &ProviderRow) -> Result<()> {
         on!(self, p => sqlx::query(
-            "INSERT INTO providers (id, tenant_id, name, type, config_public, secret_ciphertext, key_version, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            "INSERT INTO providers (id, tenant_id, name, type, config_public, secret_ciphertext, key_version, created_at, updated_at, options)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind(&row.id).bind(&row.tenant_id).bind(&row.name).bind(&row.kind).bind(&row.config_public)
-            .bind(&row.secret_ciphertext).bind(row.key_version).bind(row.created_at).bind(row.updated_at)
+            .bind(&row.secret_ciphertext).bind(row.key_version).bind(row.created_at).bind(row.updated_at).bind(&row.options)
             .execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
@@ -55,10 +57,10 @@ impl Db {
 
     pub async fn update_provider(&self, row: &ProviderRow) -> Result<bool> {
         let n = on!(self, p => sqlx::query(
-            "UPDATE providers SET name = $1, config_public = $2, secret_ciphertext = $3, key_version = $4, updated_at = $5
-             WHERE tenant_id = $6 AND id = $7 AND deleted_at IS NULL")
+            "UPDATE providers SET name = $1, config_public = $2, secret_ciphertext = $3, key_version = $4, updated_at = $5, options = $6
+             WHERE tenant_id = $7 AND id = $8 AND deleted_at IS NULL")
             .bind(&row.name).bind(&row.config_public).bind(&row.secret_ciphertext).bind(row.key_version)
-            .bind(row.updated_at).bind(&row.tenant_id).bind(&row.id).execute(p).await.map(|r| r.rows_affected()))?;
+            .bind(row.updated_at).bind(&row.options).bind(&row.tenant_id).bind(&row.id).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(n == 1)
     }
 
@@ -72,7 +74,11 @@ impl Db {
         let used: i64 = on!(self, p => sqlx::query_scalar(
             "SELECT COUNT(*) FROM projects WHERE tenant_id = $1 AND default_provider_id = $2 AND deleted_at IS NULL")
             .bind(tenant.to_string()).bind(id.to_string()).fetch_one(p).await)?;
-        if used > 0 {
+        // Ids are UUIDs, so a substring match on the targets JSON cannot hit another id.
+        let routed: i64 = on!(self, p => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM routes WHERE tenant_id = $1 AND targets LIKE $2")
+            .bind(tenant.to_string()).bind(format!("%{id}%")).fetch_one(p).await)?;
+        if used > 0 || routed > 0 {
             return Err(StoreError::Conflict("provider_in_use"));
         }
         let n = on!(self, p => sqlx::query("UPDATE providers SET deleted_at = $1 WHERE tenant_id = $2 AND id = $3 AND deleted_at IS NULL")
@@ -88,20 +94,5 @@ impl Db {
         Ok(
             on!(self, p => sqlx::query_as::<_, ProviderRow>(sqlx::AssertSqlSafe(sql)).bind(tenant.to_string()).fetch_optional(p).await)?,
         )
-    }
-}
-
-impl Db {
-    /// The provider a project sends through by default, if it has one that still exists.
-    pub async fn default_provider_of_project(
-        &self,
-        tenant: &str,
-        project: &str,
-    ) -> Result<Option<ProviderRow>> {
-        Ok(on!(self, p => sqlx::query_as::<_, ProviderRow>(
-            "SELECT pv.id, pv.tenant_id, pv.name, pv.type, pv.config_public, pv.secret_ciphertext, pv.key_version, pv.created_at, pv.updated_at
-             FROM projects pr JOIN providers pv ON pv.id = pr.default_provider_id AND pv.tenant_id = pr.tenant_id
-             WHERE pr.tenant_id = $1 AND pr.id = $2 AND pv.deleted_at IS NULL")
-            .bind(tenant).bind(project).fetch_optional(p).await)?)
     }
 }

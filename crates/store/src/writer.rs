@@ -53,11 +53,24 @@ pub enum Outcome {
 pub struct AttemptRecord {
     pub tenant_id: String,
     pub message_id: String,
+    /// The provider of the try that decided the outcome.
     pub provider_id: Option<String>,
     pub attempt: i64,
     pub at: Millis,
     pub latency_ms: i64,
+    /// Earlier tries of this attempt that failed over to the next provider.
+    pub failovers: Vec<ProviderTry>,
     pub outcome: Outcome,
+}
+
+/// One provider tried within an attempt that did not decide it (recorded as a `provider_try` event).
+#[derive(Debug, Clone)]
+pub struct ProviderTry {
+    pub provider_id: String,
+    /// `transient`, `provider_down`, `circuit_open` or `unusable`.
+    pub outcome: &'static str,
+    pub latency_ms: i64,
+    pub error: String,
 }
 
 /// A worker asking for due jobs; answered inside the same transaction as other writes, so a
@@ -408,6 +421,19 @@ async fn record_one(tx: &mut Tx, r: &AttemptRecord) -> Result<()> {
         recipient: None,
         detail,
     };
+    for t in &r.failovers {
+        insert_event(
+            tx,
+            &NewEvent {
+                provider_id: Some(t.provider_id.clone()),
+                ..event(
+                    courierx_domain::EventType::ProviderTry.as_str(),
+                    serde_json::json!({"attempt": r.attempt, "outcome": t.outcome, "latency_ms": t.latency_ms, "error": t.error}),
+                )
+            },
+        )
+        .await?;
+    }
     match &r.outcome {
         Outcome::Sent {
             job_id,

@@ -13,6 +13,8 @@ use courierx_domain::{
     ValidationErrors,
 };
 use courierx_engine::accept::{IdempotencyClaim, ValidMessage};
+use courierx_engine::routing::RoutingInput;
+use courierx_engine::settings::ParsedSettings;
 use courierx_store::messages::{MessageFilter, MessageRow};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -74,7 +76,7 @@ pub struct SendMessageResponse {
     pub created_at: String,
 }
 
-fn parse_list(field: &str, v: Option<&OneOrMany>, errs: &mut ValidationErrors) -> Vec<Mailbox> {
+pub fn parse_list(field: &str, v: Option<&OneOrMany>, errs: &mut ValidationErrors) -> Vec<Mailbox> {
     let Some(v) = v else { return Vec::new() };
     let items = v.items();
     let multi = matches!(v, OneOrMany::Many(_));
@@ -99,9 +101,14 @@ fn single_line(field: &str, v: &str, errs: &mut ValidationErrors) {
 }
 
 /// Turns the request into a message that the core can trust, collecting every problem at once.
-pub fn validate(req: SendMessageRequest) -> Result<ValidMessage, ValidationErrors> {
+/// The project's settings fill in `from` and `reply_to` when absent and add their headers and tags.
+pub fn validate(
+    req: SendMessageRequest,
+    settings: &ParsedSettings,
+) -> Result<ValidMessage, ValidationErrors> {
     let mut errs = ValidationErrors::new();
     let from = match req.from.as_deref() {
+        None if settings.default_from.is_some() => settings.default_from.clone(),
         None => {
             errs.add("from", "is required");
             None
@@ -124,10 +131,10 @@ pub fn validate(req: SendMessageRequest) -> Result<ValidMessage, ValidationError
             format!("1 to {MAX_RECIPIENTS} recipients in total over to, cc and bcc"),
         );
     }
-    let reply_to = req
-        .reply_to
-        .as_deref()
-        .and_then(|r| errs.check("reply_to", Mailbox::parse(r)));
+    let reply_to = match req.reply_to.as_deref() {
+        Some(r) => errs.check("reply_to", Mailbox::parse(r)),
+        None => settings.reply_to.clone(),
+    };
     match req.subject.as_deref() {
         None | Some("") => errs.add("subject", "is required"),
         Some(s) => {
@@ -155,7 +162,20 @@ pub fn validate(req: SendMessageRequest) -> Result<ValidMessage, ValidationError
             headers.push((n, v));
         }
     }
-    let tags = req.tags.unwrap_or_default();
+    for (n, v) in &settings.custom_headers {
+        if !headers
+            .iter()
+            .any(|(h, _): &(HeaderName, HeaderValue)| h.as_str().eq_ignore_ascii_case(n.as_str()))
+        {
+            headers.push((n.clone(), v.clone()));
+        }
+    }
+    let mut tags = req.tags.unwrap_or_default();
+    for t in &settings.tags {
+        if !tags.contains(t) {
+            tags.push(t.clone());
+        }
+    }
     if tags.len() > MAX_TAGS {
         errs.add("tags", format!("at most {MAX_TAGS} tags"));
     }
@@ -220,7 +240,35 @@ async fn send_message(
     JsonWithBytes(req, raw): JsonWithBytes<SendMessageRequest>,
 ) -> ApiResult<Response> {
     let key = idempotency_key(&headers)?;
-    let msg = validate(req)?;
+    let snap = state
+        .engine
+        .project_snapshot(ctx.tenant, ctx.project)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("this API key's project no longer exists"))?;
+    let msg = validate(req, &snap.settings)?;
+    if !snap.settings.from_allowed(&msg.from) {
+        let plan = snap.plan(&RoutingInput {
+            from_domain: msg.from.address.domain(),
+            recipient_domains: msg
+                .to
+                .iter()
+                .chain(&msg.cc)
+                .chain(&msg.bcc)
+                .map(|m| m.address.domain())
+                .collect(),
+            tags: &msg.tags,
+            metadata: &msg.metadata,
+        });
+        if !snap.sandbox_only(&plan) {
+            return Err(ApiError::field(
+                "from",
+                format!(
+                    "the domain {} is not one of this project's allowed_from_domains",
+                    msg.from.address.domain()
+                ),
+            ));
+        }
+    }
     let claim = key.map(|key| IdempotencyClaim {
         key,
         request_hash: Sha256Hex::of(&String::from_utf8_lossy(&raw))

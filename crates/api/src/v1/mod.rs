@@ -4,6 +4,7 @@ pub mod auth;
 pub mod messages;
 pub mod projects;
 pub mod providers;
+pub mod routes;
 pub mod sandbox;
 pub mod users;
 
@@ -19,6 +20,13 @@ pub fn path_id<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiError>
 pub fn stored_id<T: std::str::FromStr>(s: &str) -> Result<T, ApiError> {
     s.parse()
         .map_err(|_| ApiError::internal(format!("malformed stored id {s}")))
+}
+
+/// Distinguishes an absent field from an explicit `null` in a PATCH body.
+pub fn some_value<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 pub fn opt_rfc3339(ms: Option<i64>) -> Option<String> {

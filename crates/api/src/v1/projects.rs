@@ -9,8 +9,9 @@ use axum::http::StatusCode;
 use courierx_domain::{
     ApiKeyId, ProjectId, ProviderId, RawApiKey, Role, Slug, ValidationErrors, now_ms,
 };
+use courierx_engine::settings::EmailSettings;
 use courierx_store::projects::{ApiKeyRow, ProjectRow};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -29,12 +30,14 @@ pub struct ProjectView {
     pub name: String,
     pub slug: String,
     pub default_provider_id: Option<String>,
+    pub email_settings: EmailSettings,
     pub created_at: String,
 }
 
 impl From<ProjectRow> for ProjectView {
     fn from(p: ProjectRow) -> Self {
         Self {
+            email_settings: serde_json::from_str(&p.email_settings).unwrap_or_default(),
             id: p.id,
             name: p.name,
             slug: p.slug,
@@ -54,20 +57,15 @@ pub struct CreateProjectRequest {
     pub name: Option<String>,
 }
 
-/// Distinguishes an absent field from an explicit `null` in a PATCH body.
-fn some_value<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
-
 #[derive(Deserialize, ToSchema)]
 pub struct UpdateProjectRequest {
     pub name: Option<String>,
     /// A provider of this tenant, or `null` to clear it.
-    #[serde(default, deserialize_with = "some_value")]
+    #[serde(default, deserialize_with = "crate::v1::some_value")]
     #[schema(value_type = Option<String>)]
     pub default_provider_id: Option<Option<String>>,
+    /// Replaces the project's email settings as a whole.
+    pub email_settings: Option<EmailSettings>,
 }
 
 /// Create a project; it sends through the tenant's sandbox provider until told otherwise.
@@ -174,14 +172,32 @@ async fn update_project(
             }
         },
     };
+    let settings = match req.email_settings {
+        None => None,
+        Some(s) => match s.parse() {
+            Ok((s, _)) => Some(serde_json::to_string(&s).map_err(ApiError::internal)?),
+            Err(e) => {
+                errs.0.extend(e.0);
+                None
+            }
+        },
+    };
     errs.into_result()?;
     let pid: ProjectId = path_id(&project.id, "project")?;
     let row = state
         .engine
         .db
-        .update_project(ctx.tenant, pid, name.as_deref(), provider)
+        .update_project(
+            ctx.tenant,
+            pid,
+            name.as_deref(),
+            provider,
+            settings.as_deref(),
+            now_ms(),
+        )
         .await?
         .ok_or_else(|| ApiError::not_found("project"))?;
+    state.engine.routing_changed();
     Ok(axum::Json(row.into()))
 }
 
@@ -204,6 +220,7 @@ async fn delete_project(
         return Err(ApiError::not_found("project"));
     }
     state.keys.forget_project(&id.to_string());
+    state.engine.routing_changed();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -7,7 +7,9 @@ use crate::v1::{clean_name, path_id, rfc3339};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use courierx_domain::{ProviderId, Role, ValidationErrors, now_ms};
+use courierx_engine::breaker::{BreakerConfig, Breakers, CircuitView};
 use courierx_engine::providers::{full_config, masked_config, merge_patch, split_secrets};
+use courierx_engine::settings::ProviderOptions;
 use courierx_store::providers::ProviderRow;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,17 +34,26 @@ pub struct ProviderView {
     /// The configuration with every secret field shown as `********`.
     #[schema(value_type = Object)]
     pub config: Value,
+    /// Pacing: most messages per second this process hands to the provider.
+    pub rate_per_second: Option<f64>,
+    pub circuit_breaker: BreakerConfig,
+    /// This process's circuit breaker for the provider.
+    pub circuit: CircuitView,
     pub created_at: String,
     pub updated_at: String,
 }
 
-impl From<&ProviderRow> for ProviderView {
-    fn from(r: &ProviderRow) -> Self {
+impl ProviderView {
+    fn of(r: &ProviderRow, breakers: &Breakers) -> Self {
+        let options: ProviderOptions = serde_json::from_str(&r.options).unwrap_or_default();
         Self {
             id: r.id.clone(),
             name: r.name.clone(),
             kind: r.kind.clone(),
             config: masked_config(r),
+            rate_per_second: options.rate_per_second,
+            circuit_breaker: options.circuit_breaker,
+            circuit: breakers.view(&r.id),
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
         }
@@ -57,13 +68,15 @@ pub struct ProviderList {
 #[derive(Deserialize, ToSchema)]
 pub struct CreateProviderRequest {
     pub name: Option<String>,
-    /// `sandbox` or `smtp`.
+    /// `sandbox`, `smtp`, `ses`, `sendgrid`, `mailgun`, `postmark` or `resend`.
     #[serde(rename = "type")]
     pub kind: Option<String>,
-    /// Type-specific settings. SMTP: `host`, `port`, `security` (`none`|`starttls`|`tls`),
-    /// `username`, `password`, `pool_size`, `timeout_ms`, `hello_name`, `ca_cert_pem`.
+    /// Type-specific settings; see the README's providers section for each type.
     #[schema(value_type = Object)]
     pub config: Option<Value>,
+    /// Pacing for this provider (0.01 to 100000 messages per second); absent means no pacing.
+    pub rate_per_second: Option<f64>,
+    pub circuit_breaker: Option<BreakerConfig>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -72,6 +85,11 @@ pub struct UpdateProviderRequest {
     /// Fields to change; `null` removes a field; a secret sent back as `********` is kept.
     #[schema(value_type = Option<Object>)]
     pub config: Option<Value>,
+    /// A new rate, or `null` to stop pacing.
+    #[serde(default, deserialize_with = "crate::v1::some_value")]
+    #[schema(value_type = Option<f64>)]
+    pub rate_per_second: Option<Option<f64>>,
+    pub circuit_breaker: Option<BreakerConfig>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -139,6 +157,11 @@ async fn create_provider(
         }
         (None, _) => None,
     };
+    let options = ProviderOptions {
+        rate_per_second: req.rate_per_second,
+        circuit_breaker: req.circuit_breaker.unwrap_or_default(),
+    };
+    options.check(&mut errs);
     errs.into_result()?;
     let (Some(name), Some(kind), Some(config)) = (name, kind, config) else {
         return Err(ApiError::internal("validated fields missing"));
@@ -155,9 +178,14 @@ async fn create_provider(
         key_version: 1,
         created_at: now,
         updated_at: now,
+        options: serde_json::to_string(&options).map_err(ApiError::internal)?,
     };
     state.engine.db.create_provider(&row).await?;
-    Ok((StatusCode::CREATED, axum::Json((&row).into())))
+    state.engine.routing_changed();
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(ProviderView::of(&row, &state.engine.breakers)),
+    ))
 }
 
 /// List the tenant's providers.
@@ -168,7 +196,10 @@ async fn list_providers(
 ) -> ApiResult<axum::Json<ProviderList>> {
     let rows = state.engine.db.list_providers(ctx.tenant).await?;
     Ok(axum::Json(ProviderList {
-        data: rows.iter().map(Into::into).collect(),
+        data: rows
+            .iter()
+            .map(|r| ProviderView::of(r, &state.engine.breakers))
+            .collect(),
     }))
 }
 
@@ -190,7 +221,8 @@ async fn get_provider(
     ctx: UserCtx,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<ProviderView>> {
-    Ok(axum::Json((&load(&state, &ctx, &id).await?).into()))
+    let row = load(&state, &ctx, &id).await?;
+    Ok(axum::Json(ProviderView::of(&row, &state.engine.breakers)))
 }
 
 /// Change a provider's name or settings.
@@ -228,12 +260,22 @@ async fn update_provider(
             }
         }
     }
+    let mut options: ProviderOptions = serde_json::from_str(&row.options).unwrap_or_default();
+    if let Some(rate) = req.rate_per_second {
+        options.rate_per_second = rate;
+    }
+    if let Some(cb) = req.circuit_breaker {
+        options.circuit_breaker = cb;
+    }
+    options.check(&mut errs);
     errs.into_result()?;
+    row.options = serde_json::to_string(&options).map_err(ApiError::internal)?;
     row.updated_at = now_ms().max(row.updated_at + 1);
     if !state.engine.db.update_provider(&row).await? {
         return Err(ApiError::not_found("provider"));
     }
-    Ok(axum::Json((&row).into()))
+    state.engine.routing_changed();
+    Ok(axum::Json(ProviderView::of(&row, &state.engine.breakers)))
 }
 
 /// Delete a provider. A provider that a project uses by default answers 409.
@@ -253,11 +295,14 @@ async fn delete_provider(
         .delete_provider(ctx.tenant, id, now_ms())
         .await
     {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(true) => {
+            state.engine.routing_changed();
+            Ok(StatusCode::NO_CONTENT)
+        }
         Ok(false) => Err(ApiError::not_found("provider")),
         Err(courierx_store::StoreError::Conflict(_)) => Err(ApiError::conflict(
             "provider_in_use",
-            "a project uses this provider by default; change the project first",
+            "a project uses this provider by default or a route targets it; change those first",
         )),
         Err(e) => Err(e.into()),
     }

@@ -271,7 +271,7 @@ async fn provider_secrets_are_masked_and_sealed(backend: Backend) {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["config"]["password"], "********");
-    assert_eq!(v["config"]["pool_size"], 10, "defaults are filled in");
+    assert_eq!(v["config"]["max_connections"], 10, "defaults are filled in");
     let id = v["id"].as_str().unwrap();
     let (_, got) = app
         .get(&format!("/api/v1/providers/{id}"), &t.session.access)

@@ -38,7 +38,7 @@ async fn health_ready_metrics(backend: Backend) {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["database", "queue", "workers"]);
+    assert_eq!(names, ["database", "queue", "workers", "providers"]);
     assert!(
         ready["checks"]
             .as_array()

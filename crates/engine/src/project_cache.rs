@@ -1,0 +1,137 @@
+//! What sending needs to know about a project (settings, routes, the tenant's providers), read
+//! once and shared for a short time so neither accepting nor delivering pays database reads per
+//! message. Writes through this process drop the cache at once; other processes see a change
+//! within [`TTL`].
+
+use crate::Engine;
+use crate::routing::{self, Plan, Route, RoutingInput};
+use crate::settings::{EmailSettings, ParsedSettings, ProviderOptions};
+use courierx_domain::{ProjectId, TenantId};
+use courierx_store::StoreError;
+use courierx_store::providers::ProviderRow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const TTL: Duration = Duration::from_secs(2);
+
+pub struct ProviderEntry {
+    pub row: ProviderRow,
+    pub options: ProviderOptions,
+}
+
+pub struct ProjectSnapshot {
+    pub default_provider_id: Option<String>,
+    pub settings: ParsedSettings,
+    pub routes: Vec<Route>,
+    pub providers: HashMap<String, ProviderEntry>,
+}
+
+impl ProjectSnapshot {
+    pub fn plan(&self, input: &RoutingInput<'_>) -> Plan {
+        routing::plan(
+            &self.routes,
+            self.default_provider_id.as_deref(),
+            input,
+            &|id| self.providers.contains_key(id),
+        )
+    }
+
+    /// Whether every provider the plan could use is the sandbox (exempt from sender policy).
+    pub fn sandbox_only(&self, plan: &Plan) -> bool {
+        let mut targets = plan.groups.iter().flat_map(|g| &g.targets).peekable();
+        targets.peek().is_some()
+            && targets.all(|t| {
+                self.providers
+                    .get(&t.provider_id)
+                    .is_some_and(|p| p.row.kind == "sandbox")
+            })
+    }
+}
+
+#[derive(Default)]
+pub struct ProjectCache {
+    inner: Mutex<HashMap<String, (Instant, Arc<ProjectSnapshot>)>>,
+}
+
+impl ProjectCache {
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.clear();
+        }
+    }
+}
+
+/// Parses stored JSON that the API validated on the way in; a row that no longer parses is
+/// logged and replaced by the default rather than stopping delivery for the whole project.
+fn stored<T: serde::de::DeserializeOwned + Default>(what: &str, id: &str, json: &str) -> T {
+    serde_json::from_str(json).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, id, "stored {what} does not parse; using defaults");
+        T::default()
+    })
+}
+
+impl Engine {
+    /// The project's sending snapshot; `None` when the project does not exist (or was deleted).
+    pub async fn project_snapshot(
+        &self,
+        tenant: TenantId,
+        project: ProjectId,
+    ) -> Result<Option<Arc<ProjectSnapshot>>, StoreError> {
+        // Keyed by tenant too: a project id presented under another tenant must miss.
+        let key = format!("{tenant}/{project}");
+        if let Ok(m) = self.projects.inner.lock()
+            && let Some((at, snap)) = m.get(&key)
+            && at.elapsed() < TTL
+        {
+            return Ok(Some(snap.clone()));
+        }
+        let Some(p) = self.db.get_project(tenant, project).await? else {
+            return Ok(None);
+        };
+        let routes = self
+            .db
+            .list_routes(tenant, project)
+            .await?
+            .into_iter()
+            .map(|r| Route {
+                conditions: stored("route conditions", &r.id, &r.conditions),
+                targets: stored::<Vec<routing::Target>>("route targets", &r.id, &r.targets),
+                id: r.id,
+                name: r.name,
+                priority: r.priority,
+                enabled: r.enabled,
+            })
+            .collect();
+        let providers = self
+            .db
+            .list_providers(tenant)
+            .await?
+            .into_iter()
+            .map(|row| {
+                let options = stored("provider options", &row.id, &row.options);
+                (row.id.clone(), ProviderEntry { row, options })
+            })
+            .collect();
+        let settings: EmailSettings = stored("email settings", &p.id, &p.email_settings);
+        let settings = settings.parse().map(|(_, s)| s).unwrap_or_default();
+        let snap = Arc::new(ProjectSnapshot {
+            default_provider_id: p.default_provider_id,
+            settings,
+            routes,
+            providers,
+        });
+        if let Ok(mut m) = self.projects.inner.lock() {
+            if m.len() > 10_000 {
+                m.retain(|_, (at, _)| at.elapsed() < TTL);
+            }
+            m.insert(key, (Instant::now(), snap.clone()));
+        }
+        Ok(Some(snap))
+    }
+
+    /// Drops cached snapshots after a change to projects, routes or providers.
+    pub fn routing_changed(&self) {
+        self.projects.clear();
+    }
+}
