@@ -1,5 +1,6 @@
 //! Integration tests: the real server over HTTP, on SQLite and PostgreSQL.
 
+mod fake_provider;
 mod helpers;
 mod smtp_server;
 
@@ -10,4 +11,5 @@ mod errors;
 mod isolation;
 mod messages;
 mod ops;
+mod routing;
 mod walk;
