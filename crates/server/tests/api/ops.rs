@@ -103,6 +103,9 @@ async fn openapi_describes_the_api(backend: Backend) {
         "/api/v1/messages",
         "/api/v1/messages/{id}",
         "/api/v1/sandbox/messages",
+        "/api/v1/projects/{id}/routes",
+        "/api/v1/projects/{id}/routes/{route_id}",
+        "/api/v1/projects/{id}/routes/resolve",
         "/health",
         "/ready",
         "/metrics",
@@ -110,6 +113,29 @@ async fn openapi_describes_the_api(backend: Backend) {
         assert!(paths.contains_key(p), "OpenAPI lacks {p}");
     }
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    for schema in [
+        "RouteRequest",
+        "Conditions",
+        "Target",
+        "Resolution",
+        "EmailSettings",
+        "CircuitView",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "OpenAPI lacks schema {schema}"
+        );
+    }
+    let provider_types =
+        doc["components"]["schemas"]["CreateProviderRequest"]["properties"]["type"]["description"]
+            .as_str()
+            .unwrap_or_default();
+    for kind in ["smtp", "ses", "sendgrid", "mailgun", "postmark", "resend"] {
+        assert!(
+            provider_types.contains(kind),
+            "provider type {kind} is documented"
+        );
+    }
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
     let docs = app
         .client
