@@ -12,6 +12,8 @@
 #     with its default synchronous_commit=on).
 # (b) deliver: the queue filled by (a) is drained by `courierx serve` workers ($WORKERS in flight)
 #     through the SMTP provider (pool of $WORKERS connections) into Postfix's smtp-sink.
+# (c) batch accept: wrk, $BATCH_CONNS connections, benches/batch.lua (500 messages per request)
+#     against an API-only server; every 202 is one transaction holding all its messages.
 # Needs: wrk, smtp-sink (apt-get install wrk postfix), node/npm and redis-server for the peers,
 # PostgreSQL on 127.0.0.1:5432 for the postgres backend.
 set -euo pipefail
@@ -22,6 +24,8 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-64}
 WORKERS=${WORKERS:-50}
 PORT=${PORT:-18080}
+BATCH=${BATCH:-500}
+BATCH_CONNS=${BATCH_CONNS:-8}
 SINK_PORT=${SINK_PORT:-2525}
 PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 OUT=$ROOT/target/bench
@@ -89,7 +93,7 @@ for backend in $BACKENDS; do
   PROJECT=$(curl -s $B/api/v1/projects -H "authorization: Bearer $TOKEN" -d '{"name":"Bench"}' | J '["id"]')
   KEY=$(curl -s $B/api/v1/projects/$PROJECT/api-keys -H "authorization: Bearer $TOKEN" -d '{"name":"bench"}' | J '["key"]')
   SMTP=$(curl -s $B/api/v1/providers -H "authorization: Bearer $TOKEN" \
-    -d "{\"name\":\"sink\",\"type\":\"smtp\",\"config\":{\"host\":\"127.0.0.1\",\"port\":$SINK_PORT,\"security\":\"none\",\"pool_size\":$WORKERS}}" | J '["id"]')
+    -d "{\"name\":\"sink\",\"type\":\"smtp\",\"config\":{\"host\":\"127.0.0.1\",\"port\":$SINK_PORT,\"security\":\"none\",\"max_connections\":$WORKERS}}" | J '["id"]')
   curl -s -X PATCH $B/api/v1/projects/$PROJECT -H "authorization: Bearer $TOKEN" -d "{\"default_provider_id\":\"$SMTP\"}" >/dev/null
 
   KEY=$KEY wrk -t2 -c"$CONNS" -d"${DURATION}s" -s benches/post.lua --latency $B/api/v1/messages > "$OUT/wrk-$backend.txt"
@@ -105,6 +109,14 @@ for backend in $BACKENDS; do
   sent=$(sent_count)
   rate=$(python3 -c "print(round($sent / ($t1 - $t0)))")
   echo "| CourierX ($backend) | deliver: queue → SMTP sink, $WORKERS connections | $rate msgs/s | – | $sent messages sent in $(python3 -c "print(round($t1 - $t0, 1))") s |" >> "$OUT/rows"
+  stop_server
+
+  # (c) batch accept: 500 messages per request into the API-only server; not delivered.
+  start_server false
+  KEY=$KEY BATCH=$BATCH wrk -t2 -c"$BATCH_CONNS" -d"${DURATION}s" -s benches/batch.lua --latency $B/api/v1/messages/batch > "$OUT/wrk-batch-$backend.txt"
+  read -r rps p50 p99 non2xx <<<"$(parse_wrk "$OUT/wrk-batch-$backend.txt")"
+  mps=$(python3 -c "print(round($rps * $BATCH))")
+  echo "| CourierX ($backend) | accept: batch of $BATCH per request, durable | $mps msgs/s | p50 $p50 ms, p99 $p99 ms per batch | $rps batches/s, $BATCH_CONNS connections, $non2xx non-2xx |" >> "$OUT/rows"
   stop_server
   if [ "$backend" = postgres ]; then psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null; fi
   rm -rf "$DATA"

@@ -76,6 +76,14 @@ impl ApiError {
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
+    /// The error as a batch item reports it: `{"code","message","details"}`.
+    pub fn item_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "code": self.code,
+            "message": self.message,
+            "details": self.details.iter().map(|d| serde_json::json!({"field": d.field, "message": d.message})).collect::<Vec<_>>(),
+        })
+    }
     pub fn validation(errors: ValidationErrors) -> Self {
         let mut e = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,

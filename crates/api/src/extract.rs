@@ -79,6 +79,33 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonWithBytes<T> {
     }
 }
 
+/// A send request's JSON with its raw bytes (for idempotency), read under the send endpoints'
+/// own limit, which leaves room for attachments in base64.
+pub struct MessageBody<T>(pub T, pub Bytes);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for MessageBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::to_bytes(req.into_body(), state.cfg.message_body_limit)
+            .await
+            .map_err(|e| {
+                if std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "the request body is larger than the limit",
+                    )
+                } else {
+                    ApiError::bad_request(format!("could not read the request body: {e}"))
+                }
+            })?;
+        Ok(MessageBody(parse_json(&bytes)?, bytes))
+    }
+}
+
 fn bearer(parts: &Parts) -> Option<&str> {
     let h = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = h.split_once(' ')?;

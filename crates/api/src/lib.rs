@@ -31,6 +31,22 @@ pub enum SignupMode {
 pub struct ApiConfig {
     pub signup: SignupMode,
     pub body_limit: usize,
+    /// The body limit of the send endpoints: `body_limit` plus the attachment allowance in base64.
+    pub message_body_limit: usize,
+    pub message_limits: v1::messages::MessageLimits,
+}
+
+impl ApiConfig {
+    pub fn new(signup: SignupMode, body_limit: usize, max_attachment_bytes: usize) -> Self {
+        Self {
+            signup,
+            body_limit,
+            message_body_limit: body_limit + max_attachment_bytes.div_ceil(3) * 4,
+            message_limits: v1::messages::MessageLimits {
+                max_attachment_bytes,
+            },
+        }
+    }
 }
 
 /// Liveness facts the server process reports about itself.

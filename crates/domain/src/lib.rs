@@ -1,6 +1,7 @@
 //! Domain types for CourierX. Everything here is parsed once at the edge (API, CLI, config) so the
 //! rest of the system never re-checks strings. No I/O lives in this crate.
 
+pub mod attachment;
 pub mod email;
 pub mod error;
 pub mod ids;
@@ -9,6 +10,7 @@ pub mod message;
 pub mod role;
 pub mod text;
 
+pub use attachment::{Attachment, AttachmentError};
 pub use email::{DomainName, EmailAddress, Mailbox};
 pub use error::{FieldError, ValidationErrors};
 pub use ids::*;

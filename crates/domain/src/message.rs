@@ -100,6 +100,7 @@ pub enum EventType {
     Sent,
     Failed,
     Released,
+    Cancelled,
 }
 
 impl EventType {
@@ -111,6 +112,7 @@ impl EventType {
             Self::Sent => "sent",
             Self::Failed => "failed",
             Self::Released => "released",
+            Self::Cancelled => "cancelled",
         }
     }
 }

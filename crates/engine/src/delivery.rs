@@ -4,9 +4,10 @@
 
 use crate::Engine;
 use crate::backoff::delay_ms;
+use crate::pacing::Later;
 use crate::project_cache::ProjectSnapshot;
 use crate::routing::{PlanTarget, RoutingInput};
-use courierx_domain::{Mailbox, now_ms};
+use courierx_domain::{Attachment, Mailbox, now_ms};
 use courierx_providers::{OutboundEmail, SendError, SendReceipt};
 use courierx_store::messages::MessageRow;
 use courierx_store::sandbox::SandboxRow;
@@ -179,6 +180,7 @@ fn outbound(m: &MessageRow) -> Result<OutboundEmail, SendError> {
             .collect(),
         tags: serde_json::from_str(&m.tags).unwrap_or_default(),
         metadata: serde_json::from_str(&m.metadata).unwrap_or_default(),
+        attachments: vec![],
         idempotency_key: m.idempotency_key.clone(),
     })
 }
@@ -205,6 +207,8 @@ struct Decided {
     kind: String,
     latency_ms: i64,
     result: Result<SendReceipt, SendError>,
+    /// The provider's pacing has no slot before the lease would run out: requeue for then.
+    defer: Option<Duration>,
 }
 
 /// Goes through the plan's groups in order within one attempt: one provider per group, chosen
@@ -226,7 +230,11 @@ async fn try_groups(
         } else {
             "every provider's circuit is open".into()
         })),
+        defer: None,
     };
+    // Waiting for a pacing slot must end well inside the lease, or another worker would take
+    // the job again while this one still holds it.
+    let max_wait = Duration::from_millis((e.cfg.lease_ms / 2).max(0) as u64);
     for group in &plan.groups {
         let candidates: Vec<&PlanTarget> = group
             .targets
@@ -279,9 +287,19 @@ async fn try_groups(
                 continue;
             }
         };
-        e.pacers
-            .wait(&target.provider_id, &kind, entry.options.rate_per_second)
-            .await;
+        if let Err(Later(wait)) = e
+            .pacers
+            .wait(
+                &target.provider_id,
+                &kind,
+                entry.options.rate_per_second,
+                max_wait,
+            )
+            .await
+        {
+            last.defer = Some(wait);
+            return last;
+        }
         let started = Instant::now();
         let result = provider.send(email).await;
         let latency_ms = started.elapsed().as_millis() as i64;
@@ -316,6 +334,7 @@ async fn try_groups(
             kind,
             latency_ms,
             result,
+            defer: None,
         };
         if done {
             break;
@@ -338,18 +357,43 @@ async fn deliver(e: &Engine, claimed: Claimed) {
         }
     };
     let mut failovers = Vec::new();
-    let decided = match (&snap, outbound(&msg)) {
+    let mut email = outbound(&msg);
+    if msg.attachment_count > 0
+        && let Ok(out) = email.as_mut()
+    {
+        // Read for this attempt only: nothing holds attachment bytes between retries.
+        match e.db.attachments(&msg.tenant_id, &msg.id).await {
+            Ok(rows) => {
+                out.attachments = rows
+                    .into_iter()
+                    .map(|r| Attachment {
+                        filename: r.filename,
+                        content_type: r.content_type,
+                        content_id: r.content_id,
+                        data: r.data.into(),
+                    })
+                    .collect()
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "loading attachments failed; the lease will expire and retry");
+                return;
+            }
+        }
+    }
+    let decided = match (&snap, email) {
         (_, Err(err)) => Decided {
             provider_id: None,
             kind: String::new(),
             latency_ms: 0,
             result: Err(err),
+            defer: None,
         },
         (None, _) => Decided {
             provider_id: None,
             kind: String::new(),
             latency_ms: 0,
             result: Err(SendError::Permanent("the project was deleted".into())),
+            defer: None,
         },
         (Some(snap), Ok(email)) => try_groups(e, snap, &email, &mut failovers).await,
     };
@@ -358,52 +402,60 @@ async fn deliver(e: &Engine, claimed: Claimed) {
         kind,
         latency_ms,
         result,
+        defer,
     } = decided;
-    let outcome = match result {
-        Ok(receipt) => {
-            let sandbox = receipt.captured.map(|mime| SandboxRow {
-                id: uuid::Uuid::now_v7().to_string(),
-                tenant_id: msg.tenant_id.clone(),
-                project_id: msg.project_id.clone(),
-                message_id: msg.id.clone(),
-                raw: String::from_utf8_lossy(&mime.bytes).into_owned(),
-                from_addr: msg.from_addr.clone(),
-                to_addrs: msg.to_addrs.clone(),
-                subject: msg.subject.clone(),
-                received_at: now_ms(),
-            });
-            metrics::histogram!("courierx_delivery_latency_seconds", "provider" => kind.clone())
-                .record((now_ms() - msg.created_at).max(0) as f64 / 1000.0);
-            Outcome::Sent {
-                job_id: job.id.clone(),
-                provider_message_id: receipt.provider_message_id,
-                sandbox,
-            }
-        }
-        Err(SendError::Permanent(error)) => Outcome::Failed {
+    let outcome = match (defer, result) {
+        (Some(wait), _) => Outcome::Defer {
             job_id: job.id.clone(),
-            error,
+            run_at: now_ms() + wait.as_millis() as i64,
         },
-        Err(SendError::Transient(error) | SendError::ProviderDown(error)) => {
-            if job.attempts >= job.max_attempts {
-                Outcome::Failed {
+        (None, result) => match result {
+            Ok(receipt) => {
+                let sandbox = receipt.captured.map(|mime| SandboxRow {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    tenant_id: msg.tenant_id.clone(),
+                    project_id: msg.project_id.clone(),
+                    message_id: msg.id.clone(),
+                    raw: String::from_utf8_lossy(&mime.bytes).into_owned(),
+                    from_addr: msg.from_addr.clone(),
+                    to_addrs: msg.to_addrs.clone(),
+                    subject: msg.subject.clone(),
+                    received_at: now_ms(),
+                });
+                metrics::histogram!("courierx_delivery_latency_seconds", "provider" => kind.clone())
+                .record((now_ms() - msg.created_at).max(0) as f64 / 1000.0);
+                Outcome::Sent {
                     job_id: job.id.clone(),
-                    error: format!("{error} (gave up after {} attempts)", job.attempts),
-                }
-            } else {
-                let wait = delay_ms(job.attempts, e.cfg.backoff_base_ms, e.cfg.backoff_max_ms);
-                Outcome::Retry {
-                    job_id: job.id.clone(),
-                    run_at: now_ms() + wait,
-                    error,
+                    provider_message_id: receipt.provider_message_id,
+                    sandbox,
                 }
             }
-        }
+            Err(SendError::Permanent(error)) => Outcome::Failed {
+                job_id: job.id.clone(),
+                error,
+            },
+            Err(SendError::Transient(error) | SendError::ProviderDown(error)) => {
+                if job.attempts >= job.max_attempts {
+                    Outcome::Failed {
+                        job_id: job.id.clone(),
+                        error: format!("{error} (gave up after {} attempts)", job.attempts),
+                    }
+                } else {
+                    let wait = delay_ms(job.attempts, e.cfg.backoff_base_ms, e.cfg.backoff_max_ms);
+                    Outcome::Retry {
+                        job_id: job.id.clone(),
+                        run_at: now_ms() + wait,
+                        error,
+                    }
+                }
+            }
+        },
     };
     let label = match &outcome {
         Outcome::Sent { .. } => "sent",
         Outcome::Retry { .. } => "retry",
         Outcome::Failed { .. } => "failed",
+        Outcome::Defer { .. } => "deferred",
     };
     metrics::counter!("courierx_delivery_attempts_total", "provider" => kind, "outcome" => label)
         .increment(1);

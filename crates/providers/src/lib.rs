@@ -13,7 +13,7 @@ pub mod ses;
 pub mod smtp;
 
 use async_trait::async_trait;
-use courierx_domain::{Mailbox, MessageId, Millis, ValidationErrors};
+use courierx_domain::{Attachment, Mailbox, MessageId, Millis, ValidationErrors};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -64,6 +64,8 @@ pub struct OutboundEmail {
     pub tags: Vec<String>,
     /// Caller metadata, passed on where the provider supports custom arguments.
     pub metadata: serde_json::Map<String, Value>,
+    /// Loaded from storage for this attempt only; the bytes are shared, not copied.
+    pub attachments: Vec<Attachment>,
     pub idempotency_key: Option<String>,
 }
 
@@ -96,6 +98,12 @@ pub struct HealthReport {
 pub trait EmailProvider: Send + Sync {
     async fn send(&self, email: &OutboundEmail) -> Result<SendReceipt, SendError>;
     async fn health(&self) -> HealthReport;
+}
+
+/// Attachment content as base64, the form every JSON provider API takes.
+pub(crate) fn base64_of(a: &Attachment) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(&a.data)
 }
 
 /// Reads a typed config from JSON, turning serde's complaint into a field error under `config`.

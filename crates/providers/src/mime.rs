@@ -2,7 +2,7 @@
 
 use crate::{OutboundEmail, SendError};
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use lettre::message::{Mailbox as LMailbox, MultiPart, SinglePart};
+use lettre::message::{Attachment as LAttachment, Mailbox as LMailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -22,6 +22,74 @@ fn mailbox(m: &courierx_domain::Mailbox) -> Result<LMailbox, SendError> {
         .parse()
         .map_err(|e| SendError::Permanent(format!("address {}: {e}", m.address)))?;
     Ok(LMailbox::new(m.name.clone(), addr))
+}
+
+fn attachment_part(a: &courierx_domain::Attachment) -> Result<SinglePart, SendError> {
+    let ct = ContentType::parse(&a.content_type)
+        .map_err(|e| SendError::Permanent(format!("attachment {}: {e}", a.filename)))?;
+    let builder = match &a.content_id {
+        Some(cid) => LAttachment::new_inline(cid.clone()),
+        None => LAttachment::new(a.filename.clone()),
+    };
+    Ok(builder.body(a.data.to_vec(), ct))
+}
+
+/// The body tree: text and HTML as alternatives; inline images (`cid:`) beside the HTML in
+/// multipart/related; other attachments beside all of it in multipart/mixed.
+fn body(email: &OutboundEmail) -> Result<Either, SendError> {
+    let html_part = |h: &String| {
+        SinglePart::builder()
+            .header(ContentType::TEXT_HTML)
+            .body(h.clone())
+    };
+    let text_part = |t: &String| {
+        SinglePart::builder()
+            .header(ContentType::TEXT_PLAIN)
+            .body(t.clone())
+    };
+    let (inline, files): (Vec<_>, Vec<_>) = email
+        .attachments
+        .iter()
+        .partition(|a| a.content_id.is_some() && email.html.is_some());
+    // The HTML with its inline images, when there are any.
+    let html_tree = |h: &String| -> Result<Either, SendError> {
+        if inline.is_empty() {
+            return Ok(Either::Single(html_part(h)));
+        }
+        let mut related = MultiPart::related().singlepart(html_part(h));
+        for a in &inline {
+            related = related.singlepart(attachment_part(a)?);
+        }
+        Ok(Either::Multi(related))
+    };
+    let content = match (&email.text, &email.html) {
+        (Some(t), Some(h)) => {
+            let alt = MultiPart::alternative().singlepart(text_part(t));
+            Either::Multi(match html_tree(h)? {
+                Either::Single(p) => alt.singlepart(p),
+                Either::Multi(m) => alt.multipart(m),
+            })
+        }
+        (None, Some(h)) => html_tree(h)?,
+        (Some(t), None) => Either::Single(text_part(t)),
+        (None, None) => return Err(SendError::Permanent("message has no body".into())),
+    };
+    if files.is_empty() {
+        return Ok(content);
+    }
+    let mut mixed = match content {
+        Either::Single(p) => MultiPart::mixed().singlepart(p),
+        Either::Multi(m) => MultiPart::mixed().multipart(m),
+    };
+    for a in files {
+        mixed = mixed.singlepart(attachment_part(a)?);
+    }
+    Ok(Either::Multi(mixed))
+}
+
+enum Either {
+    Single(SinglePart),
+    Multi(MultiPart),
 }
 
 /// Builds the message: `Message-ID` under the sender's domain, `Date` from the acceptance time,
@@ -50,19 +118,9 @@ pub fn render(email: &OutboundEmail) -> Result<RenderedMime, SendError> {
             .map_err(|e| SendError::Permanent(format!("header {name}: {e}")))?;
         b = b.raw_header(HeaderValue::new(name, value.clone()));
     }
-    let built = match (&email.text, &email.html) {
-        (Some(t), Some(h)) => b.multipart(MultiPart::alternative_plain_html(t.clone(), h.clone())),
-        (None, Some(h)) => b.singlepart(
-            SinglePart::builder()
-                .header(ContentType::TEXT_HTML)
-                .body(h.clone()),
-        ),
-        (Some(t), None) => b.singlepart(
-            SinglePart::builder()
-                .header(ContentType::TEXT_PLAIN)
-                .body(t.clone()),
-        ),
-        (None, None) => return Err(SendError::Permanent("message has no body".into())),
+    let built = match body(email)? {
+        Either::Single(p) => b.singlepart(p),
+        Either::Multi(m) => b.multipart(m),
     }
     .map_err(|e| SendError::Permanent(format!("cannot build message: {e}")))?;
     let env = built.envelope();
@@ -94,6 +152,7 @@ mod tests {
             headers: vec![("X-Campaign".into(), "spring".into())],
             tags: vec![],
             metadata: Default::default(),
+            attachments: vec![],
             idempotency_key: None,
         }
     }
@@ -108,5 +167,36 @@ mod tests {
         assert!(s.contains("X-Campaign: spring"));
         assert!(r.envelope_to.contains(&"hidden@example.test".to_string()));
         assert!(s.contains(&format!("Message-ID: {}", r.message_id)));
+    }
+
+    #[test]
+    fn attachments_and_inline_images_nest_correctly() {
+        use mail_parser::{MessageParser, MimeHeaders, PartType};
+        let mut e = email();
+        e.html = Some(r#"<p>Hi <img src="cid:logo"></p>"#.into());
+        e.attachments = vec![
+            courierx_domain::Attachment::parse("logo.png", "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==", None, Some("logo")).unwrap(),
+            courierx_domain::Attachment::parse("report.csv", "YSxiCjEsMgo=", None, None).unwrap(),
+        ];
+        let r = render(&e).unwrap();
+        let m = MessageParser::default().parse(&r.bytes).unwrap();
+        let ct = |i: usize| {
+            let c = m.parts[i].content_type().unwrap();
+            format!("{}/{}", c.ctype(), c.subtype().unwrap_or(""))
+        };
+        assert_eq!(ct(0), "multipart/mixed");
+        assert_eq!(ct(1), "multipart/alternative");
+        assert_eq!(ct(2), "text/plain");
+        assert_eq!(ct(3), "multipart/related");
+        assert_eq!(ct(4), "text/html");
+        assert_eq!(ct(5), "image/png");
+        assert_eq!(m.parts[5].content_id(), Some("logo"));
+        assert_eq!(ct(6), "text/csv");
+        assert_eq!(m.parts[6].attachment_name(), Some("report.csv"));
+        assert!(
+            matches!(&m.parts[6].body, PartType::Text(t) if t.as_ref() == "a,b\n1,2\n")
+                || matches!(&m.parts[6].body, PartType::Binary(b) if b.as_ref() == b"a,b\n1,2\n")
+        );
+        assert_eq!(m.attachment_count(), 2);
     }
 }

@@ -137,6 +137,19 @@ fn request_body(email: &OutboundEmail, stream: &str) -> Result<Value, SendError>
             .collect();
         body["Metadata"] = Value::Object(meta);
     }
+    if !email.attachments.is_empty() {
+        body["Attachments"] = email
+            .attachments
+            .iter()
+            .map(|a| {
+                let mut o = json!({"Name": a.filename, "Content": crate::base64_of(a), "ContentType": a.content_type});
+                if let Some(cid) = &a.content_id {
+                    o["ContentID"] = format!("cid:{cid}").into();
+                }
+                o
+            })
+            .collect();
+    }
     Ok(body)
 }
 

@@ -109,6 +109,19 @@ fn request_body(email: &OutboundEmail) -> Result<Value, SendError> {
             .map(|(name, value)| json!({ "name": name, "value": value }))
             .collect();
     }
+    if !email.attachments.is_empty() {
+        body["attachments"] = email
+            .attachments
+            .iter()
+            .map(|a| {
+                let mut o = json!({"filename": a.filename, "content": crate::base64_of(a), "content_type": a.content_type});
+                if let Some(cid) = &a.content_id {
+                    o["content_id"] = cid.as_str().into();
+                }
+                o
+            })
+            .collect();
+    }
     Ok(body)
 }
 

@@ -131,6 +131,20 @@ fn request_body(email: &OutboundEmail) -> Result<Value, SendError> {
             .collect();
         body["custom_args"] = Value::Object(args);
     }
+    if !email.attachments.is_empty() {
+        body["attachments"] = email
+            .attachments
+            .iter()
+            .map(|a| {
+                let mut o = json!({"content": crate::base64_of(a), "type": a.content_type, "filename": a.filename,
+                    "disposition": if a.content_id.is_some() { "inline" } else { "attachment" }});
+                if let Some(cid) = &a.content_id {
+                    o["content_id"] = cid.as_str().into();
+                }
+                o
+            })
+            .collect();
+    }
     Ok(body)
 }
 

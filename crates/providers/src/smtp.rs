@@ -8,14 +8,22 @@ use courierx_domain::ValidationErrors;
 use lettre::Address;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 pub static KIND: ProviderKind = ProviderKind {
     name: "smtp",
@@ -114,45 +122,86 @@ fn validate(v: &Value) -> Result<Value, ValidationErrors> {
 }
 
 fn build(v: &Value) -> Result<Arc<dyn EmailProvider>, ValidationErrors> {
-    let c: SmtpConfig = parse_config(&validate(v)?)?;
-    let tls = match c.security {
-        Security::None => None,
-        Security::Starttls | Security::Tls => {
-            let mut b = TlsParameters::builder(c.host.clone());
-            if let Some(pem) = &c.ca_cert_pem {
-                let cert = Certificate::from_pem(pem.as_bytes())
-                    .map_err(|e| ValidationErrors::single("config.ca_cert_pem", e.to_string()))?;
-                b = b.add_root_certificate(cert);
+    Ok(Arc::new(Smtp::from_config(v)?))
+}
+
+/// The trust lettre's `build_rustls` sets up (platform verifier: system roots and host-name
+/// check, plus the extra CA), for implicit-TLS sessions we start ourselves.
+fn tls_client_config(ca_cert_pem: Option<&str>) -> Result<rustls::ClientConfig, ValidationErrors> {
+    let extra_roots = match ca_cert_pem {
+        Some(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ValidationErrors::single("config.ca_cert_pem", e.to_string()))?,
+        None => Vec::new(),
+    };
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    // Fails on an unusable extra CA, or when there is none and the system has no roots.
+    let field = match ca_cert_pem {
+        Some(_) => "config.ca_cert_pem",
+        None => "config",
+    };
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
+            .map_err(|e| ValidationErrors::single(field, e.to_string()))?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ValidationErrors::single("config", e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+impl Smtp {
+    fn from_config(v: &Value) -> Result<Smtp, ValidationErrors> {
+        let c: SmtpConfig = parse_config(&validate(v)?)?;
+        let transport = match c.security {
+            Security::None => Transport::Plain,
+            Security::Starttls => {
+                let mut b = TlsParameters::builder(c.host.clone());
+                if let Some(pem) = &c.ca_cert_pem {
+                    let cert = Certificate::from_pem(pem.as_bytes()).map_err(|e| {
+                        ValidationErrors::single("config.ca_cert_pem", e.to_string())
+                    })?;
+                    b = b.add_root_certificate(cert);
+                }
+                Transport::Starttls(
+                    b.build_rustls()
+                        .map_err(|e| ValidationErrors::single("config", e.to_string()))?,
+                )
             }
-            Some(
-                b.build_rustls()
-                    .map_err(|e| ValidationErrors::single("config", e.to_string()))?,
-            )
-        }
-    };
-    let hello = match &c.hello_name {
-        Some(h) => ClientId::Domain(h.clone()),
-        None => ClientId::default(),
-    };
-    let credentials = match (&c.username, &c.password) {
-        (Some(u), Some(p)) => Some(Credentials::new(u.clone(), p.clone())),
-        _ => None,
-    };
-    let mechanisms: &'static [Mechanism] = match c.auth_mechanism {
-        Some(AuthMechanism::Plain) => &[Mechanism::Plain],
-        Some(AuthMechanism::Login) => &[Mechanism::Login],
-        None => &[Mechanism::Plain, Mechanism::Login],
-    };
-    Ok(Arc::new(Smtp {
-        permits: Semaphore::new(c.max_connections as usize),
-        idle: Mutex::new(Vec::new()),
-        timeout: Duration::from_millis(c.timeout_ms),
-        cfg: c,
-        tls,
-        hello,
-        credentials,
-        mechanisms,
-    }))
+            Security::Tls => Transport::Tls(
+                TlsConnector::from(Arc::new(tls_client_config(c.ca_cert_pem.as_deref())?)),
+                ServerName::try_from(c.host.clone()).map_err(|e| {
+                    ValidationErrors::single("config.host", format!("not a TLS server name: {e}"))
+                })?,
+            ),
+        };
+        let hello = match &c.hello_name {
+            Some(h) => ClientId::Domain(h.clone()),
+            None => ClientId::default(),
+        };
+        let credentials = match (&c.username, &c.password) {
+            (Some(u), Some(p)) => Some(Credentials::new(u.clone(), p.clone())),
+            _ => None,
+        };
+        let mechanisms: &'static [Mechanism] = match c.auth_mechanism {
+            Some(AuthMechanism::Plain) => &[Mechanism::Plain],
+            Some(AuthMechanism::Login) => &[Mechanism::Login],
+            None => &[Mechanism::Plain, Mechanism::Login],
+        };
+        Ok(Smtp {
+            permits: Semaphore::new(c.max_connections as usize),
+            idle: Mutex::new(Vec::new()),
+            timeout: Duration::from_millis(c.timeout_ms),
+            cfg: c,
+            transport,
+            hello,
+            credentials,
+            mechanisms,
+        })
+    }
 }
 
 /// Idle connections older than this are closed rather than reused (servers drop idle clients).
@@ -164,13 +213,21 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// peer's delayed ACK (~40 ms per message).
 pub struct Smtp {
     cfg: SmtpConfig,
-    tls: Option<TlsParameters>,
+    transport: Transport,
     hello: ClientId,
     credentials: Option<Credentials>,
     mechanisms: &'static [Mechanism],
     timeout: Duration,
     permits: Semaphore,
     idle: Mutex<Vec<(Instant, AsyncSmtpConnection)>>,
+}
+
+enum Transport {
+    Plain,
+    Starttls(TlsParameters),
+    /// lettre can only start implicit TLS on a socket it opens itself (without TCP_NODELAY), so
+    /// the session is set up here and handed to lettre as an opaque stream.
+    Tls(TlsConnector, ServerName<'static>),
 }
 
 /// 4xx and network trouble retry; 5xx fails the message, except authentication refusals, which
@@ -226,54 +283,46 @@ impl From<lettre::transport::smtp::Error> for Fail {
 }
 
 impl Smtp {
-    async fn connect(&self) -> Result<AsyncSmtpConnection, Fail> {
+    /// The socket lettre will speak SMTP over: TCP with NODELAY, already inside TLS for implicit
+    /// TLS.
+    async fn open(&self) -> Result<Box<dyn Socket>, Fail> {
         let port = self.cfg.port.unwrap_or(25);
-        let mut conn = match self.cfg.security {
-            // lettre 0.11 cannot start an implicit-TLS session on a socket opened here (no public
-            // constructor takes a stream it has encrypted), so this path keeps Nagle's algorithm.
-            Security::Tls => {
-                AsyncSmtpConnection::connect_tokio1(
-                    (self.cfg.host.as_str(), port),
-                    Some(self.timeout),
-                    &self.hello,
-                    self.tls.clone(),
-                    None,
+        let tcp = within(
+            self.timeout,
+            "connection",
+            TcpStream::connect((self.cfg.host.as_str(), port)),
+        )
+        .await?
+        .map_err(io_err)?;
+        tcp.set_nodelay(true).map_err(io_err)?;
+        match &self.transport {
+            Transport::Tls(connector, name) => {
+                let tls = within(
+                    self.timeout,
+                    "TLS handshake",
+                    connector.connect(name.clone(), tcp),
                 )
                 .await?
+                .map_err(|e| Fail::Io(format!("TLS handshake: {e}")))?;
+                Ok(Box::new(tls))
             }
-            Security::None | Security::Starttls => {
-                let tcp = tokio::time::timeout(
-                    self.timeout,
-                    TcpStream::connect((self.cfg.host.as_str(), port)),
-                )
+            Transport::Plain | Transport::Starttls(_) => Ok(Box::new(tcp)),
+        }
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, Fail> {
+        let socket = self.open().await?;
+        let mut conn = within(
+            self.timeout,
+            "greeting",
+            AsyncSmtpConnection::connect_with_transport(Box::new(socket), &self.hello),
+        )
+        .await??;
+        if let Transport::Starttls(tls) = &self.transport {
+            conn.starttls(tls.clone(), &self.hello)
                 .await
-                .map_err(|_| {
-                    io_err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connection timed out",
-                    ))
-                })?
-                .map_err(io_err)?;
-                tcp.set_nodelay(true).map_err(io_err)?;
-                let mut conn = tokio::time::timeout(
-                    self.timeout,
-                    AsyncSmtpConnection::connect_with_transport(Box::new(Stream(tcp)), &self.hello),
-                )
-                .await
-                .map_err(|_| {
-                    io_err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "greeting timed out",
-                    ))
-                })??;
-                if let Some(tls) = &self.tls {
-                    conn.starttls(tls.clone(), &self.hello)
-                        .await
-                        .map_err(setup_err)?;
-                }
-                conn
-            }
-        };
+                .map_err(setup_err)?;
+        }
         if let Some(creds) = &self.credentials {
             conn.auth(self.mechanisms, creds).await.map_err(setup_err)?;
         }
@@ -332,45 +381,35 @@ fn io_err(e: std::io::Error) -> Fail {
     Fail::Io(e.to_string())
 }
 
-/// A TCP stream as lettre's transport trait wants it.
-#[derive(Debug)]
-struct Stream(TcpStream);
+/// `f`'s output, or a connection failure naming `what` when `limit` passes first.
+async fn within<F: Future>(limit: Duration, what: &str, f: F) -> Result<F::Output, Fail> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| Fail::Io(format!("{what} timed out")))
+}
 
-impl lettre::transport::smtp::client::AsyncTokioStream for Stream {
+/// A connection as lettre's transport trait wants it, with the TCP socket beneath any TLS.
+/// lettre sees implicit TLS as an unencrypted stream (`is_encrypted()` is false and
+/// `peer_certificate()` fails); nothing here relies on either, and `auth` does not check.
+trait Socket: AsyncRead + AsyncWrite + Send + Sync + Unpin + std::fmt::Debug {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Socket for TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl AsyncTokioStream for Box<dyn Socket> {
     fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.0.peer_addr()
-    }
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        self.tcp().peer_addr()
     }
 }
 
@@ -439,5 +478,42 @@ impl EmailProvider for Smtp {
                 detail: format!("SMTP: {e}"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The socket `connect` hands to lettre for implicit TLS is one with NODELAY set.
+    #[tokio::test]
+    async fn implicit_tls_socket_has_nodelay() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .expect("self-signed certificate");
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("local_addr").port();
+        let accept = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            acceptor.accept(tcp).await.expect("server handshake")
+        });
+
+        let smtp = Smtp::from_config(&json!({
+            "host": "localhost", "port": port, "security": "tls",
+            "ca_cert_pem": cert.cert.pem(), "timeout_ms": 5000,
+        }))
+        .expect("config");
+        let socket = smtp.open().await.expect("TLS handshake");
+        assert!(socket.tcp().nodelay().expect("read TCP_NODELAY"));
+        accept.await.expect("server task");
     }
 }

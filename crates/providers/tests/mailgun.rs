@@ -125,6 +125,7 @@ fn email() -> OutboundEmail {
             .as_object()
             .unwrap()
             .clone(),
+        attachments: vec![],
         idempotency_key: None,
     }
 }

@@ -142,6 +142,7 @@ fn email() -> OutboundEmail {
         headers: vec![("X-Entity-Ref-ID".into(), "123".into())],
         tags: vec!["Spring sale!".into()],
         metadata: json!({"user id": "u-42"}).as_object().unwrap().clone(),
+        attachments: vec![],
         idempotency_key: None,
     }
 }

@@ -264,6 +264,7 @@ fn email() -> OutboundEmail {
         headers: vec![("X-Campaign".into(), "spring".into())],
         tags: vec!["welcome mail".into()],
         metadata: json!({"tenant": "acme"}).as_object().unwrap().clone(),
+        attachments: vec![],
         idempotency_key: None,
     }
 }

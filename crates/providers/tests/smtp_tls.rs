@@ -201,6 +201,46 @@ async fn certificate_from_another_ca_is_refused() {
     }
 }
 
+/// A certificate from the trusted CA but for another name is refused, in both TLS modes.
+#[tokio::test]
+async fn certificate_for_another_host_is_refused() {
+    let ca = TestCa::new("CourierX test CA");
+    for (tls, security) in [(Tls::Starttls, "starttls"), (Tls::Implicit, "tls")] {
+        for host in ["localhost", "127.0.0.1"] {
+            let server = SmtpServer::start(
+                Options {
+                    tls,
+                    identity: Some(ca.server_tls_for(&["mail.example.test", "192.0.2.1"])),
+                    ..Options::default()
+                }
+                .with_auth(),
+            )
+            .await;
+            let p = provider(json!({
+                "host": host, "port": server.port(), "security": security,
+                "username": USER, "password": PASSWORD, "ca_cert_pem": ca.pem(),
+                "timeout_ms": 5000,
+            }));
+            let err = p
+                .send(&email("bob@example.test", "x"))
+                .await
+                .expect_err("certificate names another host");
+            assert!(
+                err.to_string().contains("not valid for name"),
+                "{security} {host}: {err}"
+            );
+            assert!(server.received().is_empty());
+            assert!(
+                server
+                    .events()
+                    .iter()
+                    .all(|e| !e.command.starts_with("AUTH")),
+                "{security} {host}: no credentials sent to the wrong server"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn health_over_tls() {
     let ca = TestCa::new("CourierX test CA");
@@ -212,4 +252,32 @@ async fn health_over_tls() {
     let h = p.health().await;
     assert!(h.healthy, "{}", h.detail);
     assert!(h.detail.contains("authentication accepted"), "{}", h.detail);
+}
+
+/// lettre writes a message body and its final `.` separately: without TCP_NODELAY each message
+/// waits for the server's delayed ACK (~40 ms). Timing is printed, not asserted (shared CI hosts).
+#[tokio::test]
+async fn pooled_sequential_sends_timing() {
+    let ca = TestCa::new("CourierX test CA");
+    for (tls, security) in [(Tls::Implicit, "tls"), (Tls::Starttls, "starttls")] {
+        let server = tls_server(&ca, tls).await;
+        let p = provider(json!({
+            "host": "localhost", "port": server.port(), "security": security,
+            "username": USER, "password": PASSWORD, "ca_cert_pem": ca.pem(), "timeout_ms": 5000,
+        }));
+        // The first send pays for the connection, TLS handshake and AUTH.
+        p.send(&email("bob@example.test", "warm-up"))
+            .await
+            .expect("warm-up send");
+        let start = std::time::Instant::now();
+        for i in 0..20 {
+            p.send(&email("bob@example.test", &format!("{security} {i}")))
+                .await
+                .unwrap_or_else(|e| panic!("{security} send {i}: {e}"));
+        }
+        let elapsed = start.elapsed();
+        eprintln!("{security}: 20 pooled messages in {elapsed:?}");
+        assert_eq!(server.received().len(), 21);
+        assert_eq!(server.connections(), 1, "{security}: one pooled connection");
+    }
 }

@@ -156,10 +156,11 @@ pub async fn serve(
         .store(s.run_workers, Ordering::Relaxed);
     let state = AppState {
         engine: core.engine.clone(),
-        cfg: Arc::new(ApiConfig {
-            signup: s.signup,
-            body_limit: s.body_limit,
-        }),
+        cfg: Arc::new(ApiConfig::new(
+            s.signup,
+            s.body_limit,
+            s.max_attachment_bytes,
+        )),
         metrics: metrics_handle(),
         health: health.clone(),
         keys: Default::default(),

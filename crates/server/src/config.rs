@@ -24,6 +24,8 @@ pub struct Settings {
     pub log: String,
     pub log_format: LogFormat,
     pub body_limit: usize,
+    /// Decoded bytes of attachments one message may carry.
+    pub max_attachment_bytes: usize,
     pub pg_max_connections: u32,
     /// Whether `serve` runs delivery workers in-process (turn off to scale API and `worker`
     /// processes separately).
@@ -55,6 +57,7 @@ const KEYS: &[(&str, &str)] = &[
     ("log", "COURIERX_LOG"),
     ("log_format", "COURIERX_LOG_FORMAT"),
     ("body_limit", "COURIERX_BODY_LIMIT"),
+    ("max_attachment_bytes", "COURIERX_MAX_ATTACHMENT_BYTES"),
     ("pg_max_connections", "COURIERX_PG_MAX_CONNECTIONS"),
     ("max_attempts", "COURIERX_MAX_ATTEMPTS"),
     ("backoff_base_ms", "COURIERX_BACKOFF_BASE_MS"),
@@ -279,6 +282,12 @@ impl RawSettings {
             log,
             log_format,
             body_limit: self.num("body_limit", 10 * 1024 * 1024, 1024, 1024 * 1024 * 1024)?,
+            max_attachment_bytes: self.num(
+                "max_attachment_bytes",
+                10 * 1024 * 1024,
+                1024,
+                100 * 1024 * 1024,
+            )?,
             pg_max_connections: self.num("pg_max_connections", 20, 2, 1000)?,
             engine,
         })

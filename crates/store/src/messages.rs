@@ -30,6 +30,10 @@ pub struct MessageRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub sent_at: Option<i64>,
+    pub attachment_count: i64,
+    pub send_at: Option<i64>,
+    /// JSON `{"slug","version","locale"}` of the template the message was rendered from.
+    pub template: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -59,7 +63,7 @@ pub struct MessageSummaryRow {
     pub sent_at: Option<i64>,
 }
 
-pub(crate) const MESSAGE_COLS: &str = "id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to, subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts, last_error, created_at, updated_at, sent_at";
+pub(crate) const MESSAGE_COLS: &str = "id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to, subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts, last_error, created_at, updated_at, sent_at, attachment_count, send_at, template";
 
 pub struct MessageFilter<'a> {
     pub project: Option<ProjectId>,
@@ -148,4 +152,82 @@ pub(crate) async fn insert_event(tx: &mut Tx, e: &NewEvent) -> Result<()> {
         .bind(crate::users::uuid_v7()).bind(&e.tenant_id).bind(&e.message_id).bind(e.kind).bind(e.at)
         .bind(&e.provider_id).bind(&e.recipient).bind(crate::to_json(&e.detail)).execute(&mut *c).await.map(|r| r.rows_affected()))?;
     Ok(())
+}
+
+/// An attachment of a stored message, without its bytes.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttachmentMeta {
+    pub position: i64,
+    pub filename: String,
+    pub content_type: String,
+    pub content_id: Option<String>,
+    pub size: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttachmentRow {
+    pub filename: String,
+    pub content_type: String,
+    pub content_id: Option<String>,
+    pub data: Vec<u8>,
+}
+
+impl Db {
+    pub async fn attachment_meta(
+        &self,
+        tenant: &str,
+        message: &str,
+    ) -> Result<Vec<AttachmentMeta>> {
+        Ok(on!(self, p => sqlx::query_as::<_, AttachmentMeta>(
+            "SELECT position, filename, content_type, content_id, size FROM message_attachments
+             WHERE tenant_id = $1 AND message_id = $2 ORDER BY position")
+            .bind(tenant).bind(message).fetch_all(p).await)?)
+    }
+
+    /// A message's attachments with their bytes, read for one delivery attempt.
+    pub async fn attachments(&self, tenant: &str, message: &str) -> Result<Vec<AttachmentRow>> {
+        Ok(on!(self, p => sqlx::query_as::<_, AttachmentRow>(
+            "SELECT a.filename, a.content_type, a.content_id, b.data FROM message_attachments a
+             JOIN attachment_blobs b ON b.tenant_id = a.tenant_id AND b.sha256 = a.sha256
+             WHERE a.tenant_id = $1 AND a.message_id = $2 ORDER BY a.position")
+            .bind(tenant).bind(message).fetch_all(p).await)?)
+    }
+
+    /// Cancels a message that is not being sent: its job goes first (the order claims lock in,
+    /// so the two never deadlock on Postgres), then the status. False when it is already
+    /// sending or finished (or not this tenant's).
+    pub async fn cancel_message(
+        &self,
+        tenant: TenantId,
+        id: MessageId,
+        now: Millis,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        on_tx!(&mut tx, c => sqlx::query(
+            "DELETE FROM jobs WHERE tenant_id = $1 AND message_id = $2 AND (lease_until IS NULL OR lease_until < $3)")
+            .bind(tenant.to_string()).bind(id.to_string()).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+        let n = on_tx!(&mut tx, c => sqlx::query(
+            "UPDATE messages SET status = 'cancelled', updated_at = $1
+             WHERE tenant_id = $2 AND id = $3 AND status IN ('scheduled', 'queued')")
+            .bind(now).bind(tenant.to_string()).bind(id.to_string()).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+        if n == 0 {
+            // Dropping the transaction rolls the job deletion back.
+            return Ok(false);
+        }
+        insert_event(
+            &mut tx,
+            &NewEvent {
+                tenant_id: tenant.to_string(),
+                message_id: id.to_string(),
+                kind: courierx_domain::EventType::Cancelled.as_str(),
+                at: now,
+                provider_id: None,
+                recipient: None,
+                detail: serde_json::json!({}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
 }

@@ -13,13 +13,30 @@ use courierx_domain::Millis;
 use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-/// A message to accept: its row, its first job and, optionally, the idempotency key it claims.
+/// A message to accept: its row, its first job and its attachments.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub row: MessageRow,
     pub job_id: String,
     pub run_at: Millis,
     pub max_attempts: i64,
+    pub attachments: Vec<NewAttachment>,
+}
+
+/// An attachment of a message being accepted; its bytes are stored once per tenant and hash.
+#[derive(Debug, Clone)]
+pub struct NewAttachment {
+    pub sha256: String,
+    pub filename: String,
+    pub content_type: String,
+    pub content_id: Option<String>,
+    pub data: Arc<[u8]>,
+}
+
+/// Messages accepted together, atomically, under at most one idempotency key.
+#[derive(Debug, Clone)]
+pub struct AcceptBatch {
+    pub messages: Vec<NewMessage>,
     pub idempotency: Option<NewIdempotency>,
 }
 
@@ -46,6 +63,12 @@ pub enum Outcome {
     Failed {
         job_id: String,
         error: String,
+    },
+    /// Not tried (the provider's pacing has no slot soon): back on the queue for `run_at`,
+    /// without counting as an attempt.
+    Defer {
+        job_id: String,
+        run_at: Millis,
     },
 }
 
@@ -91,7 +114,7 @@ pub struct Claimed {
 }
 
 enum Op {
-    Accept(Vec<NewMessage>, oneshot::Sender<Result<Vec<AcceptOutcome>>>),
+    Accept(AcceptBatch, oneshot::Sender<Result<AcceptOutcome>>),
     Record(Box<AttemptRecord>, oneshot::Sender<Result<()>>),
     Claim(ClaimRequest, oneshot::Sender<Result<Vec<Claimed>>>),
 }
@@ -99,7 +122,7 @@ enum Op {
 impl Op {
     fn weight(&self) -> usize {
         match self {
-            Op::Accept(v, _) => v.len().max(1),
+            Op::Accept(b, _) => b.messages.len().max(1),
             Op::Record(..) | Op::Claim(..) => 1,
         }
     }
@@ -150,10 +173,10 @@ impl Writer {
         (Self { tx }, handles)
     }
 
-    pub async fn accept(&self, messages: Vec<NewMessage>) -> Result<Vec<AcceptOutcome>> {
+    pub async fn accept(&self, batch: AcceptBatch) -> Result<AcceptOutcome> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Op::Accept(messages, reply))
+            .send(Op::Accept(batch, reply))
             .await
             .map_err(|_| StoreError::WriterClosed)?;
         rx.await.map_err(|_| StoreError::WriterClosed)?
@@ -236,7 +259,7 @@ fn clone_err(e: &StoreError) -> StoreError {
 }
 
 enum BatchResult {
-    Accept(Vec<AcceptOutcome>),
+    Accept(AcceptOutcome),
     Record,
     Claim(Vec<Claimed>),
 }
@@ -247,21 +270,19 @@ async fn try_write(db: &Db, batch: &[Op]) -> Result<Vec<BatchResult>> {
     // Accepts first, all messages of the batch in a few multi-row statements.
     let mut accepted: Vec<&NewMessage> = Vec::new();
     for (i, op) in batch.iter().enumerate() {
-        if let Op::Accept(msgs, _) = op {
-            let mut out = Vec::with_capacity(msgs.len());
-            for m in msgs {
-                let claimed = match &m.idempotency {
-                    Some(k) => claim_key(&mut tx, k, m.row.created_at).await?,
-                    None => true,
-                };
-                if claimed {
-                    accepted.push(m);
-                    out.push(AcceptOutcome::Accepted);
-                } else {
-                    out.push(AcceptOutcome::DuplicateKey);
-                }
+        if let Op::Accept(b, _) = op {
+            let claimed = match &b.idempotency {
+                Some(k) => claim_key(&mut tx, k, courierx_domain::now_ms()).await?,
+                None => true,
+            };
+            if claimed {
+                accepted.extend(b.messages.iter());
             }
-            results[i] = Some(BatchResult::Accept(out));
+            results[i] = Some(BatchResult::Accept(if claimed {
+                AcceptOutcome::Accepted
+            } else {
+                AcceptOutcome::DuplicateKey
+            }));
         }
     }
     let mut rest = &accepted[..];
@@ -276,6 +297,9 @@ async fn try_write(db: &Db, batch: &[Op]) -> Result<Vec<BatchResult>> {
         let (chunk, tail) = rest.split_at(n);
         insert_accepted(&mut tx, chunk).await?;
         rest = tail;
+    }
+    for m in accepted.iter().filter(|m| !m.attachments.is_empty()) {
+        insert_attachments(&mut tx, m).await?;
     }
     for (i, op) in batch.iter().enumerate() {
         if let Op::Record(rec, _) = op {
@@ -299,7 +323,7 @@ async fn try_write(db: &Db, batch: &[Op]) -> Result<Vec<BatchResult>> {
         .collect())
 }
 
-/// Rows per multi-row INSERT, largest first: 24 columns × 256 rows stays under SQLite's 32,766
+/// Rows per multi-row INSERT, largest first: 27 columns × 256 rows stays under SQLite's 32,766
 /// variables.
 const BULK_SIZES: [usize; 7] = [256, 64, 32, 16, 8, 4, 1];
 
@@ -309,7 +333,7 @@ async fn insert_accepted(tx: &mut Tx, msgs: &[&NewMessage]) -> Result<()> {
         let mut q = sqlx::QueryBuilder::new(
             "INSERT INTO messages (id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to, \
              subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts, \
-             last_error, created_at, updated_at, sent_at) ");
+             last_error, created_at, updated_at, sent_at, attachment_count, send_at, template) ");
         q.push_values(msgs, |mut b, m| {
             let r = &m.row;
             b.push_bind(r.id.clone()).push_bind(r.tenant_id.clone()).push_bind(r.project_id.clone()).push_bind(r.channel.clone())
@@ -317,12 +341,13 @@ async fn insert_accepted(tx: &mut Tx, msgs: &[&NewMessage]) -> Result<()> {
                 .push_bind(r.bcc_addrs.clone()).push_bind(r.reply_to.clone()).push_bind(r.subject.clone()).push_bind(r.html.clone())
                 .push_bind(r.text_body.clone()).push_bind(r.headers.clone()).push_bind(r.tags.clone()).push_bind(r.metadata.clone())
                 .push_bind(r.idempotency_key.clone()).push_bind(r.provider_id.clone()).push_bind(r.provider_message_id.clone())
-                .push_bind(r.attempts).push_bind(r.last_error.clone()).push_bind(r.created_at).push_bind(r.updated_at).push_bind(r.sent_at);
+                .push_bind(r.attempts).push_bind(r.last_error.clone()).push_bind(r.created_at).push_bind(r.updated_at).push_bind(r.sent_at)
+                .push_bind(r.attachment_count).push_bind(r.send_at).push_bind(r.template.clone());
         });
         q.build().execute(&mut *c).await?;
         let mut q = sqlx::QueryBuilder::new("INSERT INTO message_events (id, tenant_id, message_id, type, at, provider_id, recipient, detail) ");
         q.push_values(msgs, |mut b, m| {
-            b.push_bind(crate::users::uuid_v7()).push_bind(m.row.tenant_id.clone()).push_bind(m.row.id.clone()).push_bind("queued")
+            b.push_bind(crate::users::uuid_v7()).push_bind(m.row.tenant_id.clone()).push_bind(m.row.id.clone()).push_bind(m.row.status.clone())
                 .push_bind(m.row.created_at).push_bind(None::<String>).push_bind(None::<String>).push_bind("{}");
         });
         q.build().execute(&mut *c).await?;
@@ -333,6 +358,24 @@ async fn insert_accepted(tx: &mut Tx, msgs: &[&NewMessage]) -> Result<()> {
         });
         q.build().execute(&mut *c).await.map(|_| ())
     })?;
+    Ok(())
+}
+
+/// Stores each attachment's bytes once per tenant and content, and links them to the message.
+async fn insert_attachments(tx: &mut Tx, m: &NewMessage) -> Result<()> {
+    for (pos, a) in m.attachments.iter().enumerate() {
+        on_tx!(tx, c => sqlx::query(
+            "INSERT INTO attachment_blobs (tenant_id, sha256, size, data, created_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant_id, sha256) DO NOTHING")
+            .bind(&m.row.tenant_id).bind(&a.sha256).bind(a.data.len() as i64).bind(&*a.data).bind(m.row.created_at)
+            .execute(&mut *c).await.map(|r| r.rows_affected()))?;
+        on_tx!(tx, c => sqlx::query(
+            "INSERT INTO message_attachments (message_id, position, tenant_id, sha256, filename, content_type, content_id, size)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(&m.row.id).bind(pos as i64).bind(&m.row.tenant_id).bind(&a.sha256).bind(&a.filename)
+            .bind(&a.content_type).bind(&a.content_id).bind(a.data.len() as i64)
+            .execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    }
     Ok(())
 }
 
@@ -365,7 +408,7 @@ async fn claim(tx: &mut Tx, r: &ClaimRequest) -> Result<Vec<Claimed>> {
         Tx::Postgres(_) => "(SELECT unnest($1::text[]))",
     };
     let update = format!(
-        "UPDATE messages SET status = 'sending', updated_at = $2 WHERE id IN {in_ids} AND status IN ('queued', 'sending')"
+        "UPDATE messages SET status = 'sending', updated_at = $2 WHERE id IN {in_ids} AND status IN ('scheduled', 'queued', 'sending')"
     );
     let select = format!(
         "SELECT {} FROM messages WHERE id IN {in_ids}",
@@ -474,6 +517,14 @@ async fn record_one(tx: &mut Tx, r: &AttemptRecord) -> Result<()> {
                 ),
             )
             .await?;
+        }
+        Outcome::Defer { job_id, run_at } => {
+            on_tx!(tx, c => sqlx::query(
+                "UPDATE jobs SET run_at = $1, lease_until = NULL, locked_by = NULL, attempts = attempts - 1 WHERE id = $2")
+                .bind(run_at).bind(job_id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+            on_tx!(tx, c => sqlx::query(
+                "UPDATE messages SET status = 'queued', updated_at = $1 WHERE id = $2 AND status = 'sending'")
+                .bind(r.at).bind(&r.message_id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
         }
         Outcome::Failed { job_id, error } => {
             on_tx!(tx, c => sqlx::query("DELETE FROM jobs WHERE id = $1").bind(job_id).execute(&mut *c).await.map(|r| r.rows_affected()))?;

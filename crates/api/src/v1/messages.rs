@@ -3,21 +3,23 @@
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonWithBytes, Principal, ProjectCtx};
+use crate::extract::{MessageBody, Principal, ProjectCtx};
 use crate::v1::{opt_rfc3339, path_id, rfc3339};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue as HttpHeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use courierx_domain::{
-    HeaderName, HeaderValue, Mailbox, MessageId, MessageStatus, ProjectId, Sha256Hex,
-    ValidationErrors,
+    Attachment, HeaderName, HeaderValue, Mailbox, MessageId, MessageStatus, ProjectId, Sha256Hex,
+    ValidationErrors, now_ms,
 };
 use courierx_engine::accept::{IdempotencyClaim, ValidMessage};
+use courierx_engine::project_cache::ProjectSnapshot;
 use courierx_engine::routing::RoutingInput;
 use courierx_engine::settings::ParsedSettings;
 use courierx_store::messages::{MessageFilter, MessageRow};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -25,8 +27,15 @@ use utoipa_axum::routes;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(send_message, list_messages))
+        .routes(routes!(send_batch))
         .routes(routes!(get_message))
+        .routes(routes!(cancel_message))
 }
+
+pub const MAX_BATCH: usize = 500;
+const MAX_ATTACHMENTS: usize = 10;
+/// How far ahead `send_at` may be.
+const MAX_SCHEDULE_MS: i64 = 30 * 24 * 3_600_000;
 
 pub const MAX_RECIPIENTS: usize = 50;
 const MAX_TAGS: usize = 20;
@@ -66,14 +75,63 @@ pub struct SendMessageRequest {
     pub tags: Option<Vec<String>>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
+    /// Up to 10 files, 10 MiB decoded in total (`COURIERX_MAX_ATTACHMENT_BYTES`).
+    pub attachments: Option<Vec<AttachmentInput>>,
+    /// RFC 3339 time, at most 30 days ahead: the message stays `scheduled` until then.
+    pub send_at: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentInput {
+    pub filename: String,
+    /// The file, base64-encoded.
+    pub content: String,
+    /// Sniffed from the content (then the file name) when absent.
+    pub content_type: Option<String>,
+    /// Makes the file an inline part the HTML can show with `cid:<content_id>`.
+    pub content_id: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct SendMessageResponse {
     pub id: String,
-    /// `queued`.
+    /// `queued`, or `scheduled` with a future `send_at`.
     pub status: String,
     pub created_at: String,
+    pub send_at: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to 500 messages, each as for `POST /api/v1/messages`.
+    #[schema(value_type = Vec<SendMessageRequest>)]
+    pub messages: Vec<Value>,
+}
+
+/// One item of a batch answer: the accepted message, or the item's own error.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BatchItem {
+    pub index: usize,
+    pub id: Option<String>,
+    pub status: Option<String>,
+    pub created_at: Option<String>,
+    pub send_at: Option<String>,
+    /// `{"code","message","details"}` for an item that was not accepted.
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BatchResponse {
+    pub data: Vec<BatchItem>,
+}
+
+/// Limits the API applies to message content.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageLimits {
+    pub max_attachment_bytes: usize,
 }
 
 pub fn parse_list(field: &str, v: Option<&OneOrMany>, errs: &mut ValidationErrors) -> Vec<Mailbox> {
@@ -105,6 +163,7 @@ fn single_line(field: &str, v: &str, errs: &mut ValidationErrors) {
 pub fn validate(
     req: SendMessageRequest,
     settings: &ParsedSettings,
+    limits: MessageLimits,
 ) -> Result<ValidMessage, ValidationErrors> {
     let mut errs = ValidationErrors::new();
     let from = match req.from.as_deref() {
@@ -194,9 +253,61 @@ pub fn validate(
             format!("must be at most {MAX_METADATA_BYTES} bytes as JSON"),
         );
     }
+    let mut attachments = Vec::new();
+    let list = req.attachments.unwrap_or_default();
+    if list.len() > MAX_ATTACHMENTS {
+        errs.add(
+            "attachments",
+            format!("at most {MAX_ATTACHMENTS} attachments"),
+        );
+    }
+    for (i, a) in list.iter().enumerate() {
+        if let Some(a) = errs.check(
+            &format!("attachments[{i}]"),
+            Attachment::parse(
+                &a.filename,
+                &a.content,
+                a.content_type.as_deref(),
+                a.content_id.as_deref(),
+            ),
+        ) {
+            attachments.push(a);
+        }
+    }
+    let total: usize = attachments.iter().map(|a| a.data.len()).sum();
+    if total > limits.max_attachment_bytes {
+        errs.add(
+            "attachments",
+            format!(
+                "at most {} bytes in total once decoded (these are {total})",
+                limits.max_attachment_bytes
+            ),
+        );
+    }
+    let now = now_ms();
+    let send_at = match req.send_at.as_deref() {
+        None => None,
+        Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
+            Err(_) => {
+                errs.add(
+                    "send_at",
+                    "must be an RFC 3339 time such as 2026-01-31T09:00:00Z",
+                );
+                None
+            }
+            Ok(at) if at.timestamp_millis() > now + MAX_SCHEDULE_MS => {
+                errs.add("send_at", "must be at most 30 days ahead");
+                None
+            }
+            Ok(at) => Some(at.timestamp_millis()),
+        },
+    };
     errs.into_result()?;
     let from = from.ok_or_else(|| ValidationErrors::single("from", "is required"))?;
     Ok(ValidMessage {
+        attachments,
+        send_at,
+        template: None,
         from,
         to,
         cc,
@@ -237,38 +348,12 @@ async fn send_message(
     State(state): State<AppState>,
     ctx: ProjectCtx,
     headers: HeaderMap,
-    JsonWithBytes(req, raw): JsonWithBytes<SendMessageRequest>,
+    MessageBody(req, raw): MessageBody<SendMessageRequest>,
 ) -> ApiResult<Response> {
     let key = idempotency_key(&headers)?;
-    let snap = state
-        .engine
-        .project_snapshot(ctx.tenant, ctx.project)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("this API key's project no longer exists"))?;
-    let msg = validate(req, &snap.settings)?;
-    if !snap.settings.from_allowed(&msg.from) {
-        let plan = snap.plan(&RoutingInput {
-            from_domain: msg.from.address.domain(),
-            recipient_domains: msg
-                .to
-                .iter()
-                .chain(&msg.cc)
-                .chain(&msg.bcc)
-                .map(|m| m.address.domain())
-                .collect(),
-            tags: &msg.tags,
-            metadata: &msg.metadata,
-        });
-        if !snap.sandbox_only(&plan) {
-            return Err(ApiError::field(
-                "from",
-                format!(
-                    "the domain {} is not one of this project's allowed_from_domains",
-                    msg.from.address.domain()
-                ),
-            ));
-        }
-    }
+    let snap = snapshot(&state, &ctx).await?;
+    let msg = validate(req, &snap.settings, state.cfg.message_limits)?;
+    check_sender(&snap, &msg)?;
     let claim = key.map(|key| IdempotencyClaim {
         key,
         request_hash: Sha256Hex::of(&String::from_utf8_lossy(&raw))
@@ -279,13 +364,136 @@ async fn send_message(
         .engine
         .accept_message(ctx.tenant, ctx.project, msg, claim)
         .await?;
+    Ok(accepted_response(accepted))
+}
+
+async fn snapshot(state: &AppState, ctx: &ProjectCtx) -> ApiResult<Arc<ProjectSnapshot>> {
+    state
+        .engine
+        .project_snapshot(ctx.tenant, ctx.project)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("this API key's project no longer exists"))
+}
+
+/// The project's sender policy: a `from` outside `allowed_from_domains` is refused unless the
+/// message would only reach the sandbox.
+fn check_sender(snap: &ProjectSnapshot, msg: &ValidMessage) -> Result<(), ValidationErrors> {
+    if snap.settings.from_allowed(&msg.from) {
+        return Ok(());
+    }
+    let plan = snap.plan(&RoutingInput {
+        from_domain: msg.from.address.domain(),
+        recipient_domains: msg
+            .to
+            .iter()
+            .chain(&msg.cc)
+            .chain(&msg.bcc)
+            .map(|m| m.address.domain())
+            .collect(),
+        tags: &msg.tags,
+        metadata: &msg.metadata,
+    });
+    if snap.sandbox_only(&plan) {
+        return Ok(());
+    }
+    Err(ValidationErrors::single(
+        "from",
+        format!(
+            "the domain {} is not one of this project's allowed_from_domains",
+            msg.from.address.domain()
+        ),
+    ))
+}
+
+/// Send up to 500 emails in one request. Valid items are accepted in one transaction; each
+/// invalid item reports its own error. With an `Idempotency-Key` the whole batch is idempotent.
+#[utoipa::path(post, path = "/api/v1/messages/batch", tag = "messages", security(("api_key" = [])), request_body = BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body within 24 h replays the first answer; a different body answers 409.")),
+    responses((status = 202, body = BatchResponse), (status = 400, body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody),
+              (status = 413, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+async fn send_batch(
+    State(state): State<AppState>,
+    ctx: ProjectCtx,
+    headers: HeaderMap,
+    MessageBody(req, raw): MessageBody<BatchRequest>,
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
+    if req.messages.is_empty() || req.messages.len() > MAX_BATCH {
+        return Err(ApiError::field(
+            "messages",
+            format!("1 to {MAX_BATCH} messages"),
+        ));
+    }
+    let snap = snapshot(&state, &ctx).await?;
+    let items = req
+        .messages
+        .into_iter()
+        .map(|item| {
+            let msg = serde_path_to_error::deserialize::<_, SendMessageRequest>(item)
+                .map_err(|e| {
+                    let path = e.path().to_string();
+                    ValidationErrors::single(
+                        if path == "." { "body" } else { &path },
+                        e.inner().to_string(),
+                    )
+                })
+                .and_then(|req| validate(req, &snap.settings, state.cfg.message_limits))
+                .and_then(|msg| check_sender(&snap, &msg).map(|()| msg));
+            msg.map_err(|e| ApiError::validation(e).item_json())
+        })
+        .collect();
+    let claim = key.map(|key| IdempotencyClaim {
+        key,
+        request_hash: Sha256Hex::of(&String::from_utf8_lossy(&raw))
+            .as_str()
+            .to_string(),
+    });
+    let accepted = state
+        .engine
+        .accept_batch(ctx.tenant, ctx.project, items, claim)
+        .await?;
+    Ok(accepted_response(accepted))
+}
+
+fn accepted_response(accepted: courierx_engine::accept::Accepted) -> Response {
     let status = StatusCode::from_u16(accepted.status).unwrap_or(StatusCode::ACCEPTED);
     let mut res = (status, axum::Json(accepted.body)).into_response();
     if accepted.replayed {
         res.headers_mut()
             .insert("idempotent-replayed", HttpHeaderValue::from_static("true"));
     }
-    Ok(res)
+    res
+}
+
+/// Cancel a message that is not being sent yet (`scheduled` or `queued`): it ends `cancelled`.
+/// A message already sending or finished answers 409.
+#[utoipa::path(post, path = "/api/v1/messages/{id}/cancel", tag = "messages", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = MessageDetail), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+async fn cancel_message(
+    State(state): State<AppState>,
+    ctx: ProjectCtx,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<MessageDetail>> {
+    let id: MessageId = path_id(&id, "message")?;
+    let db = &state.engine.db;
+    let row = db
+        .get_message(ctx.tenant, Some(ctx.project), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    if !db.cancel_message(ctx.tenant, id, now_ms()).await? {
+        return Err(ApiError::conflict(
+            "not_cancellable",
+            format!(
+                "the message is {} and can no longer be cancelled",
+                row.status
+            ),
+        ));
+    }
+    load_detail(&state, Principal::Key(ctx), id)
+        .await
+        .map(axum::Json)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -431,11 +639,35 @@ pub struct MessageDetail {
     pub last_error: Option<String>,
     pub created_at: String,
     pub sent_at: Option<String>,
+    /// When a scheduled message is due.
+    pub send_at: Option<String>,
+    /// The template the content came from: `{"slug","version","locale"}`.
+    #[schema(value_type = Option<Object>)]
+    pub template: Option<Value>,
+    pub attachments: Vec<AttachmentView>,
     pub events: Vec<EventView>,
 }
 
-fn detail(r: MessageRow, events: Vec<EventView>) -> MessageDetail {
+#[derive(Serialize, ToSchema)]
+pub struct AttachmentView {
+    pub filename: String,
+    pub content_type: String,
+    pub content_id: Option<String>,
+    pub size: i64,
+}
+
+fn detail(
+    r: MessageRow,
+    attachments: Vec<AttachmentView>,
+    events: Vec<EventView>,
+) -> MessageDetail {
     MessageDetail {
+        send_at: opt_rfc3339(r.send_at),
+        template: r
+            .template
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok()),
+        attachments,
         to: json_list(&r.to_addrs),
         cc: json_list(&r.cc_addrs),
         bcc: json_list(&r.bcc_addrs),
@@ -466,11 +698,29 @@ async fn get_message(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<MessageDetail>> {
     let id: MessageId = path_id(&id, "message")?;
+    load_detail(&state, who, id).await.map(axum::Json)
+}
+
+async fn load_detail(state: &AppState, who: Principal, id: MessageId) -> ApiResult<MessageDetail> {
     let db = &state.engine.db;
     let row = db
         .get_message(who.tenant(), who.project(), id)
         .await?
         .ok_or_else(|| ApiError::not_found("message"))?;
+    let attachments = if row.attachment_count > 0 {
+        db.attachment_meta(&row.tenant_id, &row.id)
+            .await?
+            .into_iter()
+            .map(|a| AttachmentView {
+                filename: a.filename,
+                content_type: a.content_type,
+                content_id: a.content_id,
+                size: a.size,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let events = db
         .list_events(who.tenant(), id)
         .await?
@@ -482,5 +732,5 @@ async fn get_message(
             detail: serde_json::from_str(&e.detail).unwrap_or(Value::Object(Map::new())),
         })
         .collect();
-    Ok(axum::Json(detail(row, events)))
+    Ok(detail(row, attachments, events))
 }

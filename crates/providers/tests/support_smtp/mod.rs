@@ -60,12 +60,18 @@ impl TestCa {
 
     /// A server identity for `localhost` and `127.0.0.1` signed by this CA.
     pub fn server_tls(&self) -> Arc<rustls::ServerConfig> {
+        self.server_tls_for(&["localhost", "127.0.0.1"])
+    }
+
+    /// A server identity for `names` (the first is also the common name) signed by this CA.
+    pub fn server_tls_for(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
         let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("leaf params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("server"),
+        );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
@@ -573,6 +579,7 @@ pub fn email(to: &str, subject: &str) -> OutboundEmail {
         headers: vec![],
         tags: vec![],
         metadata: Default::default(),
+        attachments: vec![],
         idempotency_key: None,
     }
 }

@@ -130,7 +130,12 @@ async fn status_codes_and_error_shape(backend: Backend) {
 }
 
 async fn body_limit_is_413(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |r| r.set("body_limit", "65536")).await;
+    // The send endpoints allow body_limit plus the attachment allowance in base64.
+    let app = TestApp::spawn_with(backend, |r| {
+        r.set("body_limit", "65536");
+        r.set("max_attachment_bytes", "1024");
+    })
+    .await;
     let t = app.tenant("Acme").await;
     let mut body = simple_email();
     body["text"] = json!("x".repeat(70_000));

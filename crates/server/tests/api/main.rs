@@ -11,5 +11,6 @@ mod errors;
 mod isolation;
 mod messages;
 mod ops;
+mod rich;
 mod routing;
 mod walk;

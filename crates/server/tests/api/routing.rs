@@ -16,6 +16,7 @@ both!(
     weights_split_routed_messages,
     breaker_opens_skips_half_opens_and_closes,
     pacing_holds_the_rate,
+    pacing_requeues_instead_of_outliving_the_lease,
     resolve_explains_the_choice,
     project_email_settings_apply
 );
@@ -596,4 +597,54 @@ async fn project_email_settings_apply(backend: Backend) {
     app.wait_status(&t.key, &id, "sent").await;
     let body = fake.bodies().pop().unwrap();
     assert_eq!(body["headers"]["X-Team"], "growth", "{body}");
+}
+
+async fn pacing_requeues_instead_of_outliving_the_lease(backend: Backend) {
+    // A 2 s lease lets a message wait at most 1 s for its pacing slot; at 2/s, six messages
+    // need 2.5 s of slots, so the later ones go back on the queue instead of waiting.
+    let app = TestApp::spawn_with(backend, |r| r.set("lease_ms", "2000")).await;
+    let t = app.tenant("Acme").await;
+    let fake = FakeResend::start(Answer::Ok).await;
+    let p = app.resend(&t, &fake, json!({"rate_per_second": 2})).await;
+    let (s, _) = app
+        .patch(
+            &format!("/api/v1/projects/{}", t.project_id),
+            &t.session.access,
+            json!({"default_provider_id": p}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let mut body = email(&[]);
+        body["subject"] = json!(format!("m{i}"));
+        ids.push(app.send(&t.key, body).await);
+    }
+    for id in &ids {
+        let m = app.wait_status(&t.key, id, "sent").await;
+        assert_eq!(
+            m["attempts"], 1,
+            "waiting for a slot is not an attempt: {m}"
+        );
+    }
+    let mut subjects: Vec<String> = fake
+        .bodies()
+        .iter()
+        .map(|b| b["subject"].as_str().unwrap().to_string())
+        .collect();
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        ["m0", "m1", "m2", "m3", "m4", "m5"],
+        "each sent exactly once"
+    );
+    let times = fake.arrivals();
+    let mut sorted = times.clone();
+    sorted.sort();
+    for w in sorted.windows(2) {
+        assert!(
+            w[1].duration_since(w[0]) >= Duration::from_millis(450),
+            "the 2/s pace holds across requeues"
+        );
+    }
 }
