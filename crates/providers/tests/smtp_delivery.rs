@@ -151,3 +151,16 @@ fn auth_mechanism_is_checked() {
         .expect_err("no credentials");
     assert_eq!(err, vec!["config.auth_mechanism".to_string()]);
 }
+
+#[test]
+fn ca_cert_pem_must_hold_a_certificate() {
+    for bad in [
+        "not a pem at all",
+        "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+    ] {
+        let err =
+            validate(json!({ "host": "smtp.example.com", "security": "tls", "ca_cert_pem": bad }))
+                .expect_err("no certificate");
+        assert_eq!(err, vec!["config.ca_cert_pem".to_string()], "{bad}");
+    }
+}
