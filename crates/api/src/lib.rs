@@ -115,6 +115,7 @@ fn v1_router() -> OpenApiRouter<AppState> {
         .merge(v1::routes::router())
         .merge(v1::messages::router())
         .merge(v1::sandbox::router())
+        .merge(v1::templates::router())
         .merge(ops::router())
 }
 

@@ -12,6 +12,7 @@ pub mod providers;
 pub mod routing;
 pub mod secrets;
 pub mod settings;
+pub mod templates;
 
 use courierx_store::Db;
 use courierx_store::writer::Writer;
@@ -61,6 +62,8 @@ pub struct Engine {
     pub breakers: breaker::Breakers,
     pub pacers: pacing::Pacers,
     pub balancer: routing::Balancer,
+    /// Compiled template versions (immutable, so never stale).
+    pub templates: templates::TemplateCache,
 }
 
 impl Engine {
@@ -77,6 +80,7 @@ impl Engine {
             breakers: Default::default(),
             pacers: Default::default(),
             balancer: Default::default(),
+            templates: Default::default(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod providers;
 pub mod routes;
 pub mod sandbox;
 pub mod stats;
+pub mod templates;
 pub mod users;
 pub mod writer;
 

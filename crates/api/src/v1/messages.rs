@@ -79,6 +79,20 @@ pub struct SendMessageRequest {
     pub attachments: Option<Vec<AttachmentInput>>,
     /// RFC 3339 time, at most 30 days ahead: the message stays `scheduled` until then.
     pub send_at: Option<String>,
+    /// Render subject, html and text from the project's template (its published version)
+    /// instead of giving them.
+    pub template: Option<TemplateInput>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateInput {
+    pub slug: String,
+    /// The variables; every one the template uses must be present.
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+    /// e.g. `fr-CA`; falls back to `fr`, then the template's default locale.
+    pub locale: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -107,7 +121,7 @@ pub struct SendMessageResponse {
 pub struct BatchRequest {
     /// 1 to 500 messages, each as for `POST /api/v1/messages`.
     #[schema(value_type = Vec<SendMessageRequest>)]
-    pub messages: Vec<Value>,
+    pub messages: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// One item of a batch answer: the accepted message, or the item's own error.
@@ -352,8 +366,7 @@ async fn send_message(
 ) -> ApiResult<Response> {
     let key = idempotency_key(&headers)?;
     let snap = snapshot(&state, &ctx).await?;
-    let msg = validate(req, &snap.settings, state.cfg.message_limits)?;
-    check_sender(&snap, &msg)?;
+    let msg = prepare(&state, &ctx, &snap, req).await?;
     let claim = key.map(|key| IdempotencyClaim {
         key,
         request_hash: Sha256Hex::of(&String::from_utf8_lossy(&raw))
@@ -365,6 +378,45 @@ async fn send_message(
         .accept_message(ctx.tenant, ctx.project, msg, claim)
         .await?;
     Ok(accepted_response(accepted))
+}
+
+/// Renders the template (when the request names one), validates the request against the
+/// project's settings and checks the sender policy.
+async fn prepare(
+    state: &AppState,
+    ctx: &ProjectCtx,
+    snap: &ProjectSnapshot,
+    mut req: SendMessageRequest,
+) -> ApiResult<ValidMessage> {
+    let mut used = None;
+    if let Some(t) = req.template.take() {
+        if req.subject.is_some() || req.html.is_some() || req.text.is_some() {
+            return Err(ApiError::field(
+                "template",
+                "give either a template or subject/html/text, not both",
+            ));
+        }
+        let data = t.data.unwrap_or_else(|| Value::Object(Map::new()));
+        match state
+            .engine
+            .render_template(ctx.tenant, ctx.project, &t.slug, &data, t.locale.as_deref())
+            .await
+        {
+            Ok(r) => {
+                used = Some(
+                    serde_json::json!({"id": r.template_id, "slug": r.slug, "version": r.version, "locale": r.locale}),
+                );
+                req.subject = Some(r.subject);
+                req.html = r.html;
+                req.text = Some(r.text);
+            }
+            Err(e) => return Err(ApiError::validation(e.into_validation("template")?)),
+        }
+    }
+    let mut msg = validate(req, &snap.settings, state.cfg.message_limits)?;
+    check_sender(snap, &msg)?;
+    msg.template = used;
+    Ok(msg)
 }
 
 async fn snapshot(state: &AppState, ctx: &ProjectCtx) -> ApiResult<Arc<ProjectSnapshot>> {
@@ -426,23 +478,24 @@ async fn send_batch(
         ));
     }
     let snap = snapshot(&state, &ctx).await?;
-    let items = req
-        .messages
-        .into_iter()
-        .map(|item| {
-            let msg = serde_path_to_error::deserialize::<_, SendMessageRequest>(item)
-                .map_err(|e| {
-                    let path = e.path().to_string();
-                    ValidationErrors::single(
-                        if path == "." { "body" } else { &path },
-                        e.inner().to_string(),
-                    )
-                })
-                .and_then(|req| validate(req, &snap.settings, state.cfg.message_limits))
-                .and_then(|msg| check_sender(&snap, &msg).map(|()| msg));
-            msg.map_err(|e| ApiError::validation(e).item_json())
-        })
-        .collect();
+    let mut items = Vec::with_capacity(req.messages.len());
+    for item in req.messages {
+        // Each item is parsed from its own text once, so its errors carry its own paths.
+        let mut de = serde_json::Deserializer::from_str(item.get());
+        let parsed =
+            serde_path_to_error::deserialize::<_, SendMessageRequest>(&mut de).map_err(|e| {
+                let path = e.path().to_string();
+                ApiError::field(
+                    if path == "." { "body" } else { &path },
+                    e.inner().to_string(),
+                )
+            });
+        let msg = match parsed {
+            Ok(req) => prepare(&state, &ctx, &snap, req).await,
+            Err(e) => Err(e),
+        };
+        items.push(msg.map_err(|e| e.item_json()));
+    }
     let claim = key.map(|key| IdempotencyClaim {
         key,
         request_hash: Sha256Hex::of(&String::from_utf8_lossy(&raw))

@@ -13,4 +13,5 @@ mod messages;
 mod ops;
 mod rich;
 mod routing;
+mod templates;
 mod walk;

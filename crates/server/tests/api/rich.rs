@@ -15,7 +15,8 @@ both!(
     attachment_rules_are_enforced,
     batch_with_mixed_items,
     batch_is_idempotent,
-    scheduled_send_and_cancel
+    scheduled_send_and_cancel,
+    send_with_template
 );
 
 const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
@@ -337,4 +338,94 @@ async fn scheduled_send_and_cancel(backend: Backend) {
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+async fn send_with_template(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let t = app.tenant("Acme").await;
+    let base = format!("/api/v1/projects/{}/templates", t.project_id);
+    let (s, v) = app
+        .post(
+            &base,
+            Some(&t.session.access),
+            json!({"name": "Welcome", "subject": "Hi {{ name }}", "html": "<p>Hello {{ name }}, from {{ team }}</p>"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let send = |data: Value| {
+        json!({"from": "noreply@acme.test", "to": "bob@example.test",
+                                    "template": {"slug": "welcome", "data": data}})
+    };
+    // Not published yet: refused.
+    let (s, v) = app
+        .post(
+            "/api/v1/messages",
+            Some(&t.key),
+            send(json!({"name": "Ann", "team": "Acme"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(
+        assert_error(&v, "validation_failed")["details"][0]["field"],
+        "template.slug"
+    );
+    let (s, v) = app
+        .post(
+            &format!("{base}/welcome/publish"),
+            Some(&t.session.access),
+            json!({"version": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Every missing variable is named.
+    let (s, v) = app
+        .post("/api/v1/messages", Some(&t.key), send(json!({})))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let mut fields: Vec<String> = assert_error(&v, "validation_failed")["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap().to_string())
+        .collect();
+    fields.sort();
+    assert_eq!(fields, ["template.data.name", "template.data.team"]);
+    let mut both = send(json!({"name": "Ann", "team": "Acme"}));
+    both["subject"] = json!("explicit");
+    let (s, _) = app.post("/api/v1/messages", Some(&t.key), both).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let id = app
+        .send(&t.key, send(json!({"name": "Ann <3", "team": "Acme"})))
+        .await;
+    let m = app.wait_status(&t.key, &id, "sent").await;
+    assert_eq!(m["subject"], "Hi Ann <3", "subjects are not escaped");
+    assert_eq!(m["template"]["slug"], "welcome");
+    assert_eq!(m["template"]["version"], 1);
+    let (_, sandbox) = app.get("/api/v1/sandbox/messages", &t.key).await;
+    let raw = sandbox["data"][0]["raw"].as_str().unwrap();
+    let parsed = MessageParser::default().parse(raw.as_bytes()).unwrap();
+    let html = parsed.body_html(0).unwrap().to_string();
+    assert!(html.contains("Hello Ann &lt;3, from Acme"), "{html}");
+    let text = parsed.body_text(0).unwrap().to_string();
+    assert!(
+        text.contains("Hello Ann <3, from Acme"),
+        "a text part is generated: {text}"
+    );
+
+    // Batch items may use templates too, each failing on its own.
+    let (s, v) = app
+        .post(
+            "/api/v1/messages/batch",
+            Some(&t.key),
+            json!({"messages": [send(json!({"name": "Bo", "team": "Acme"})), send(json!({"name": "Cy"}))]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["data"][0]["status"], "queued");
+    assert_eq!(
+        v["data"][1]["error"]["details"][0]["field"],
+        "template.data.team"
+    );
 }
