@@ -336,7 +336,11 @@ pub fn validate(
     })
 }
 
-pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// The request's `Idempotency-Key`, with the hash of the exact body it came with.
+fn idempotency_claim(
+    headers: &HeaderMap,
+    raw: &[u8],
+) -> Result<Option<IdempotencyClaim>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -349,7 +353,12 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
             "must be 1 to 255 characters",
         ));
     }
-    Ok(Some(s.to_string()))
+    Ok(Some(IdempotencyClaim {
+        key: s.to_string(),
+        request_hash: Sha256Hex::of(&String::from_utf8_lossy(raw))
+            .as_str()
+            .to_string(),
+    }))
 }
 
 /// Send an email. Answers 202 once the message and its delivery job are committed.
@@ -364,15 +373,9 @@ async fn send_message(
     headers: HeaderMap,
     MessageBody(req, raw): MessageBody<SendMessageRequest>,
 ) -> ApiResult<Response> {
-    let key = idempotency_key(&headers)?;
+    let claim = idempotency_claim(&headers, &raw)?;
     let snap = snapshot(&state, &ctx).await?;
     let msg = prepare(&state, &ctx, &snap, req).await?;
-    let claim = key.map(|key| IdempotencyClaim {
-        key,
-        request_hash: Sha256Hex::of(&String::from_utf8_lossy(&raw))
-            .as_str()
-            .to_string(),
-    });
     let accepted = state
         .engine
         .accept_message(ctx.tenant, ctx.project, msg, claim)
@@ -470,7 +473,7 @@ async fn send_batch(
     headers: HeaderMap,
     MessageBody(req, raw): MessageBody<BatchRequest>,
 ) -> ApiResult<Response> {
-    let key = idempotency_key(&headers)?;
+    let claim = idempotency_claim(&headers, &raw)?;
     if req.messages.is_empty() || req.messages.len() > MAX_BATCH {
         return Err(ApiError::field(
             "messages",
@@ -496,12 +499,6 @@ async fn send_batch(
         };
         items.push(msg.map_err(|e| e.item_json()));
     }
-    let claim = key.map(|key| IdempotencyClaim {
-        key,
-        request_hash: Sha256Hex::of(&String::from_utf8_lossy(&raw))
-            .as_str()
-            .to_string(),
-    });
     let accepted = state
         .engine
         .accept_batch(ctx.tenant, ctx.project, items, claim)

@@ -106,6 +106,13 @@ async fn openapi_describes_the_api(backend: Backend) {
         "/api/v1/projects/{id}/routes",
         "/api/v1/projects/{id}/routes/{route_id}",
         "/api/v1/projects/{id}/routes/resolve",
+        "/api/v1/messages/batch",
+        "/api/v1/messages/{id}/cancel",
+        "/api/v1/projects/{id}/templates",
+        "/api/v1/projects/{id}/templates/{slug}",
+        "/api/v1/projects/{id}/templates/{slug}/versions",
+        "/api/v1/projects/{id}/templates/{slug}/publish",
+        "/api/v1/projects/{id}/templates/{slug}/preview",
         "/health",
         "/ready",
         "/metrics",
@@ -114,6 +121,9 @@ async fn openapi_describes_the_api(backend: Backend) {
     }
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     for schema in [
+        "AttachmentInput",
+        "TemplateInput",
+        "BatchResponse",
         "RouteRequest",
         "Conditions",
         "Target",
