@@ -15,6 +15,7 @@ both!(
     attachment_rules_are_enforced,
     batch_with_mixed_items,
     batch_is_idempotent,
+    large_batch_keeps_every_field,
     scheduled_send_and_cancel,
     send_with_template
 );
@@ -428,4 +429,74 @@ async fn send_with_template(backend: Backend) {
         v["data"][1]["error"]["details"][0]["field"],
         "template.data.team"
     );
+}
+
+/// A batch large enough for the bulk path (Postgres inserts it by UNNEST) keeps every column.
+async fn large_batch_keeps_every_field(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let t = app.tenant("Acme").await;
+    let later = chrono::DateTime::from_timestamp_millis(courierx_domain::now_ms() + 86_400_000)
+        .unwrap()
+        .to_rfc3339();
+    let items: Vec<Value> = (0..150)
+        .map(|i| {
+            let mut m = json!({"from": "Acme <noreply@acme.test>", "to": format!("user{i}@example.test"),
+                "subject": format!("Subject {i}"), "text": format!("Text {i}"), "tags": [format!("t{i}")],
+                "metadata": {"i": i}});
+            if i % 2 == 0 {
+                m["cc"] = json!("cc@example.test");
+                m["reply_to"] = json!("help@acme.test");
+                m["html"] = json!(format!("<p>{i}</p>"));
+            }
+            if i % 3 == 0 {
+                m["send_at"] = json!(later);
+            }
+            m
+        })
+        .collect();
+    let (s, v) = app
+        .post(
+            "/api/v1/messages/batch",
+            Some(&t.key),
+            json!({"messages": items}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 150);
+    for i in [0usize, 1, 2, 3, 149] {
+        let id = data[i]["id"].as_str().unwrap();
+        let (_, m) = app.get(&format!("/api/v1/messages/{id}"), &t.key).await;
+        assert_eq!(m["subject"], format!("Subject {i}"), "{m}");
+        assert_eq!(m["to"], json!([format!("user{i}@example.test")]));
+        assert_eq!(m["tags"], json!([format!("t{i}")]));
+        assert_eq!(m["metadata"]["i"], i);
+        if i % 2 == 0 {
+            assert_eq!(m["cc"], json!(["cc@example.test"]));
+            assert_eq!(m["reply_to"], "help@acme.test");
+        } else {
+            assert!(m["reply_to"].is_null());
+        }
+        if i % 3 == 0 {
+            assert_eq!(m["status"], "scheduled");
+            assert!(m["send_at"].is_string());
+        } else {
+            assert!(m["send_at"].is_null());
+        }
+        assert_eq!(
+            m["events"][0]["type"],
+            m["status"]
+                .as_str()
+                .map(|s| if s == "scheduled" {
+                    "scheduled"
+                } else {
+                    "queued"
+                })
+                .unwrap()
+        );
+    }
+    for i in [1usize, 149] {
+        app.wait_status(&t.key, data[i]["id"].as_str().unwrap(), "sent")
+            .await;
+    }
 }
