@@ -17,6 +17,22 @@ pub fn path_id<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiError>
     s.parse().map_err(|_| ApiError::not_found(what))
 }
 
+/// The id of a live project of the user's tenant (404 for another tenant's or a deleted one).
+pub async fn project_of(
+    state: &crate::AppState,
+    ctx: &crate::extract::UserCtx,
+    id: &str,
+) -> Result<courierx_domain::ProjectId, ApiError> {
+    let pid: courierx_domain::ProjectId = path_id(id, "project")?;
+    state
+        .engine
+        .db
+        .get_project(ctx.tenant, pid)
+        .await?
+        .ok_or_else(|| ApiError::not_found("project"))?;
+    Ok(pid)
+}
+
 /// Parses a stored id (written by us, so a failure is an internal error).
 pub fn stored_id<T: std::str::FromStr>(s: &str) -> Result<T, ApiError> {
     s.parse()

@@ -4,10 +4,10 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, UserCtx};
 use crate::v1::messages::{OneOrMany, parse_list};
-use crate::v1::{clean_name, path_id, rfc3339};
+use crate::v1::{clean_name, path_id, project_of, rfc3339};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use courierx_domain::{Mailbox, ProjectId, ProviderId, Role, RouteId, ValidationErrors, now_ms};
+use courierx_domain::{Mailbox, ProviderId, Role, RouteId, ValidationErrors, now_ms};
 use courierx_engine::breaker::CircuitView;
 use courierx_engine::routing::{
     Conditions, RouteCheck, RoutingInput, Target, check_conditions, check_targets,
@@ -76,17 +76,6 @@ pub struct RouteRequest {
     pub targets: Option<Vec<Target>>,
     /// Default true.
     pub enabled: Option<bool>,
-}
-
-async fn project_of(state: &AppState, ctx: &UserCtx, id: &str) -> ApiResult<ProjectId> {
-    let pid: ProjectId = path_id(id, "project")?;
-    state
-        .engine
-        .db
-        .get_project(ctx.tenant, pid)
-        .await?
-        .ok_or_else(|| ApiError::not_found("project"))?;
-    Ok(pid)
 }
 
 /// Validates the request onto `row` (a fresh row on create), collecting every problem.

@@ -4,7 +4,7 @@
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, UserCtx};
-use crate::v1::{clean_name, path_id, rfc3339, some_value};
+use crate::v1::{clean_name, project_of, rfc3339, some_value};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use courierx_domain::{ProjectId, Role, Slug, TenantId, ValidationErrors, now_ms};
@@ -236,17 +236,6 @@ pub fn template_error(e: TemplateError, base: &str) -> ApiError {
         Ok(v) => ApiError::validation(v),
         Err(s) => s.into(),
     }
-}
-
-async fn project_of(state: &AppState, ctx: &UserCtx, id: &str) -> ApiResult<ProjectId> {
-    let pid: ProjectId = path_id(id, "project")?;
-    state
-        .engine
-        .db
-        .get_project(ctx.tenant, pid)
-        .await?
-        .ok_or_else(|| ApiError::not_found("project"))?;
-    Ok(pid)
 }
 
 async fn load(
