@@ -421,8 +421,8 @@ async fn insert_accepted_pg(
     Ok(())
 }
 
-/// SQLite: inserts messages, their `queued` events and their jobs with one multi-row statement
-/// per table.
+/// Inserts messages, their first events and their jobs with one multi-row statement per table
+/// (SQLite always; Postgres for groups under [`UNNEST_MIN`]).
 async fn insert_accepted(tx: &mut Tx, msgs: &[&NewMessage]) -> Result<()> {
     on_tx!(tx, c => {
         let mut q = sqlx::QueryBuilder::new(
