@@ -299,3 +299,26 @@ mod tests {
         assert_eq!(tags, ["n=3", "plan=pro_tier", "welcome=true"]);
     }
 }
+
+/// The config of a provider that needs only an API key (SendGrid, Resend).
+// No Debug: the config holds credentials.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    #[serde(default)]
+    pub api_key: String,
+    /// The provider's public API (or a regional one) when absent.
+    pub base_url: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+}
+
+pub fn validate_api_key_config(v: &Value) -> Result<Value, ValidationErrors> {
+    let mut c: ApiKeyConfig = crate::parse_config(v)?;
+    let mut errs = ValidationErrors::new();
+    check_secret(&mut errs, "api_key", &c.api_key);
+    c.base_url = check_base_url(&mut errs, c.base_url.as_deref());
+    check_timeout(&mut errs, c.timeout_ms);
+    errs.into_result()?;
+    serde_json::to_value(&c).map_err(|e| ValidationErrors::single("config", e.to_string()))
+}

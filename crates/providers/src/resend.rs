@@ -7,7 +7,6 @@ use crate::{
 };
 use async_trait::async_trait;
 use courierx_domain::{Mailbox, ValidationErrors};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
@@ -23,30 +22,12 @@ const DEFAULT_BASE: &str = "https://api.resend.com";
 /// Resend's limit on `to`.
 const MAX_TO: usize = 50;
 
-// No Debug: the config holds credentials.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResendConfig {
-    #[serde(default)]
-    pub api_key: String,
-    /// The public API when absent.
-    pub base_url: Option<String>,
-    #[serde(default = "http::default_timeout")]
-    pub timeout_ms: u64,
-}
-
 fn validate(v: &Value) -> Result<Value, ValidationErrors> {
-    let mut c: ResendConfig = parse_config(v)?;
-    let mut errs = ValidationErrors::new();
-    http::check_secret(&mut errs, "api_key", &c.api_key);
-    c.base_url = http::check_base_url(&mut errs, c.base_url.as_deref());
-    http::check_timeout(&mut errs, c.timeout_ms);
-    errs.into_result()?;
-    serde_json::to_value(&c).map_err(|e| ValidationErrors::single("config", e.to_string()))
+    http::validate_api_key_config(v)
 }
 
 fn build(v: &Value) -> Result<Arc<dyn EmailProvider>, ValidationErrors> {
-    let c: ResendConfig = parse_config(&validate(v)?)?;
+    let c: http::ApiKeyConfig = parse_config(&validate(v)?)?;
     Ok(Arc::new(Resend {
         client: http::client(c.timeout_ms)?,
         base: c.base_url.unwrap_or_else(|| DEFAULT_BASE.into()),
