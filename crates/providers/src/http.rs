@@ -311,12 +311,28 @@ pub struct ApiKeyConfig {
     pub base_url: Option<String>,
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// What the provider's event webhook is verified with (SendGrid: the ECDSA verification
+    /// key; Resend: the `whsec_` signing secret). Without it, webhook calls are refused.
+    pub webhook_signing_key: Option<String>,
 }
 
-pub fn validate_api_key_config(v: &Value) -> Result<Value, ValidationErrors> {
+/// Checks an API-key config; `check_webhook_key` checks the provider's webhook key format.
+pub fn validate_api_key_config(
+    v: &Value,
+    check_webhook_key: fn(&str) -> Result<(), String>,
+) -> Result<Value, ValidationErrors> {
     let mut c: ApiKeyConfig = crate::parse_config(v)?;
     let mut errs = ValidationErrors::new();
     check_secret(&mut errs, "api_key", &c.api_key);
+    c.webhook_signing_key = c
+        .webhook_signing_key
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty());
+    if let Some(k) = &c.webhook_signing_key
+        && let Err(e) = check_webhook_key(k)
+    {
+        errs.add("config.webhook_signing_key", e);
+    }
     c.base_url = check_base_url(&mut errs, c.base_url.as_deref());
     check_timeout(&mut errs, c.timeout_ms);
     errs.into_result()?;

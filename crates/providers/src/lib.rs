@@ -11,6 +11,7 @@ pub mod sandbox;
 pub mod sendgrid;
 pub mod ses;
 pub mod smtp;
+pub mod webhooks;
 
 use async_trait::async_trait;
 use courierx_domain::{Attachment, Mailbox, MessageId, Millis, ValidationErrors};
@@ -44,6 +45,8 @@ pub struct ProviderKind {
     pub build: fn(&Value) -> Result<Arc<dyn EmailProvider>, ValidationErrors>,
     /// Whether messages routed here leave the machine (the sandbox does not).
     pub delivers_externally: bool,
+    /// Verifies and normalises the provider's event webhook, for providers that send one.
+    pub webhook: Option<webhooks::WebhookFn>,
 }
 
 /// One email to deliver, already validated.

@@ -20,6 +20,7 @@ pub static KIND: ProviderKind = ProviderKind {
     validate,
     build,
     delivers_externally: true,
+    webhook: None,
 };
 
 /// Mailgun's documented per-message limits.

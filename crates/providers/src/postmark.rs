@@ -18,6 +18,7 @@ pub static KIND: ProviderKind = ProviderKind {
     validate,
     build,
     delivers_externally: true,
+    webhook: None,
 };
 
 const DEFAULT_BASE: &str = "https://api.postmarkapp.com";

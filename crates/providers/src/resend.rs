@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 pub static KIND: ProviderKind = ProviderKind {
     name: "resend",
-    secret_fields: &["api_key"],
+    secret_fields: &["api_key", "webhook_signing_key"],
     validate,
     build,
     delivers_externally: true,
+    webhook: None,
 };
 
 const DEFAULT_BASE: &str = "https://api.resend.com";
@@ -23,7 +24,7 @@ const DEFAULT_BASE: &str = "https://api.resend.com";
 const MAX_TO: usize = 50;
 
 fn validate(v: &Value) -> Result<Value, ValidationErrors> {
-    http::validate_api_key_config(v)
+    http::validate_api_key_config(v, crate::webhooks::resend::check_key)
 }
 
 fn build(v: &Value) -> Result<Arc<dyn EmailProvider>, ValidationErrors> {

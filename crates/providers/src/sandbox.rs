@@ -13,6 +13,7 @@ pub static KIND: ProviderKind = ProviderKind {
     validate,
     build,
     delivers_externally: false,
+    webhook: None,
 };
 
 fn validate(v: &Value) -> Result<Value, ValidationErrors> {

@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 pub static KIND: ProviderKind = ProviderKind {
     name: "sendgrid",
-    secret_fields: &["api_key"],
+    secret_fields: &["api_key", "webhook_signing_key"],
     validate,
     build,
     delivers_externally: true,
+    webhook: None,
 };
 
 const DEFAULT_BASE: &str = "https://api.sendgrid.com";
@@ -24,7 +25,7 @@ const MAX_RECIPIENTS: usize = 1000;
 const MAX_CATEGORIES: usize = 10;
 
 fn validate(v: &Value) -> Result<Value, ValidationErrors> {
-    http::validate_api_key_config(v)
+    http::validate_api_key_config(v, crate::webhooks::sendgrid::check_key)
 }
 
 fn build(v: &Value) -> Result<Arc<dyn EmailProvider>, ValidationErrors> {

@@ -24,6 +24,7 @@ pub static KIND: ProviderKind = ProviderKind {
     validate,
     build,
     delivers_externally: true,
+    webhook: None,
 };
 
 /// SES takes 1 to 50 recipients per message.

@@ -31,6 +31,7 @@ pub static KIND: ProviderKind = ProviderKind {
     validate,
     build,
     delivers_externally: true,
+    webhook: None,
 };
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,0 +1,1 @@
+//! mailgun event webhook (being written).

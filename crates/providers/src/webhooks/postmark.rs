@@ -1,0 +1,1 @@
+//! postmark event webhook (being written).

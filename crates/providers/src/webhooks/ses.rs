@@ -1,0 +1,1 @@
+//! ses event webhook (being written).
