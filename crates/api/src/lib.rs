@@ -6,6 +6,7 @@ pub mod extract;
 mod middleware;
 mod ops;
 pub mod v1;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub health: Arc<ProcessHealth>,
     pub keys: Arc<extract::KeyCache>,
+    /// Shared by provider webhook verifiers (HTTP client, SNS certificate cache).
+    pub webhooks: Arc<courierx_providers::webhooks::WebhookContext>,
 }
 
 #[derive(OpenApi)]
@@ -116,6 +119,7 @@ fn v1_router() -> OpenApiRouter<AppState> {
         .merge(v1::messages::router())
         .merge(v1::sandbox::router())
         .merge(v1::templates::router())
+        .merge(webhooks::router())
         .merge(ops::router())
 }
 

@@ -101,6 +101,16 @@ pub enum EventType {
     Failed,
     Released,
     Cancelled,
+    /// A recipient was dropped before sending because it is on the suppression list (or, with
+    /// no recipient left, the whole message).
+    Suppressed,
+    Delivered,
+    Bounced,
+    Complained,
+    Opened,
+    Clicked,
+    Deferred,
+    Unsubscribed,
 }
 
 impl EventType {
@@ -113,7 +123,46 @@ impl EventType {
             Self::Failed => "failed",
             Self::Released => "released",
             Self::Cancelled => "cancelled",
+            Self::Suppressed => "suppressed",
+            Self::Delivered => "delivered",
+            Self::Bounced => "bounced",
+            Self::Complained => "complained",
+            Self::Opened => "opened",
+            Self::Clicked => "clicked",
+            Self::Deferred => "deferred",
+            Self::Unsubscribed => "unsubscribed",
         }
+    }
+}
+
+/// A message's sending category (`marketing`, `product-updates`…): what recipients unsubscribe
+/// from. Lowercase letters, digits, `-` and `_`, 1 to 64 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Category(String);
+
+impl Category {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err("must be 1 to 64 characters of a-z, 0-9, '-' and '_'".into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

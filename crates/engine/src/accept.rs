@@ -32,6 +32,8 @@ pub struct ValidMessage {
     pub send_at: Option<Millis>,
     /// The template the content was rendered from (`{"slug","version","locale"}`).
     pub template: Option<Value>,
+    /// What recipients can unsubscribe from (declared in the project's settings).
+    pub category: Option<courierx_domain::Category>,
 }
 
 /// An `Idempotency-Key` with the hash of the request it came with.
@@ -158,6 +160,7 @@ impl Engine {
             attachment_count: attachments.len() as i64,
             send_at: msg.send_at,
             template: msg.template.map(|t| t.to_string()),
+            category: msg.category.map(|c| c.to_string()),
         };
         let new = NewMessage {
             row,

@@ -5,6 +5,7 @@ pub mod accept;
 pub mod auth;
 pub mod backoff;
 pub mod breaker;
+pub mod events;
 pub mod delivery;
 pub mod pacing;
 pub mod project_cache;
@@ -13,6 +14,7 @@ pub mod routing;
 pub mod secrets;
 pub mod settings;
 pub mod templates;
+pub mod tracking;
 
 use courierx_store::Db;
 use courierx_store::writer::Writer;
@@ -32,6 +34,8 @@ pub struct EngineConfig {
     pub idempotency_ttl_ms: i64,
     /// How long shutdown waits for in-flight deliveries before releasing them.
     pub shutdown_grace_ms: u64,
+    /// Where recipients reach CourierX: tracking and unsubscribe links are built on it.
+    pub public_url: String,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +48,7 @@ impl Default for EngineConfig {
             worker_concurrency: 50,
             idempotency_ttl_ms: 24 * 3_600_000,
             shutdown_grace_ms: 30_000,
+            public_url: "http://127.0.0.1:8080".into(),
         }
     }
 }

@@ -2,7 +2,9 @@
 //! provider options that apply to any provider type (pacing, circuit breaker).
 
 use crate::breaker::BreakerConfig;
-use courierx_domain::{DomainName, HeaderName, HeaderValue, Mailbox, ValidationErrors};
+use courierx_domain::{
+    Category, DomainName, EmailAddress, HeaderName, HeaderValue, Mailbox, ValidationErrors,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -28,7 +30,34 @@ pub struct EmailSettings {
     /// only through the sandbox provider.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_from_domains: Vec<String>,
+    /// Adds a 1×1 tracking image to HTML messages (`opened` events).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub track_opens: bool,
+    /// Rewrites HTML links through CourierX (`clicked` events).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub track_clicks: bool,
+    /// The categories messages may carry. Non-transactional ones get RFC 8058 one-click
+    /// `List-Unsubscribe` headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub categories: BTreeMap<String, CategorySettings>,
+    /// Address for `mailto:` unsubscribes in `List-Unsubscribe`, besides the HTTPS URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe_mailto: Option<String>,
+    /// Soft bounces within 7 days that suppress an address (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_bounce_threshold: Option<u32>,
 }
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CategorySettings {
+    /// Transactional mail (receipts, password resets) carries no unsubscribe headers and
+    /// ignores category unsubscribes; only suppressions for all mail stop it.
+    #[serde(default)]
+    pub transactional: bool,
+}
+
+pub const DEFAULT_SOFT_BOUNCE_THRESHOLD: u32 = 3;
 
 /// Settings parsed into domain types, ready to apply to messages.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +67,12 @@ pub struct ParsedSettings {
     pub custom_headers: Vec<(HeaderName, HeaderValue)>,
     pub tags: Vec<String>,
     pub allowed_from_domains: Vec<DomainName>,
+    pub track_opens: bool,
+    pub track_clicks: bool,
+    /// Category name → transactional.
+    pub categories: BTreeMap<Category, bool>,
+    pub unsubscribe_mailto: Option<EmailAddress>,
+    soft_bounce_threshold: Option<u32>,
 }
 
 impl EmailSettings {
@@ -97,6 +132,23 @@ impl EmailSettings {
                 "its domain is not in allowed_from_domains",
             );
         }
+        let mut categories = BTreeMap::new();
+        if self.categories.len() > 50 {
+            errs.add(format!("{p}.categories"), "at most 50 categories");
+        }
+        for (name, c) in &self.categories {
+            if let Some(cat) = errs.check(&format!("{p}.categories.{name}"), Category::parse(name)) {
+                categories.insert(cat, c.transactional);
+            }
+        }
+        let unsubscribe_mailto = self.unsubscribe_mailto.as_deref().and_then(|m| {
+            errs.check(&format!("{p}.unsubscribe_mailto"), EmailAddress::parse(m))
+        });
+        if let Some(t) = self.soft_bounce_threshold
+            && !(1..=100).contains(&t)
+        {
+            errs.add(format!("{p}.soft_bounce_threshold"), "must be 1 to 100");
+        }
         errs.into_result()?;
         self.allowed_from_domains = allowed.iter().map(|d| d.to_string()).collect();
         let parsed = ParsedSettings {
@@ -105,12 +157,29 @@ impl EmailSettings {
             custom_headers,
             tags: self.tags.clone(),
             allowed_from_domains: allowed,
+            track_opens: self.track_opens,
+            track_clicks: self.track_clicks,
+            categories,
+            unsubscribe_mailto,
+            soft_bounce_threshold: self.soft_bounce_threshold,
         };
         Ok((self, parsed))
     }
 }
 
 impl ParsedSettings {
+    /// Whether a message of this category gets unsubscribe headers: declared and not
+    /// transactional.
+    pub fn unsubscribable(&self, category: &Category) -> bool {
+        self.categories.get(category) == Some(&false)
+    }
+
+    /// Soft bounces within 7 days that suppress an address.
+    pub fn soft_bounce_threshold(&self) -> u32 {
+        self.soft_bounce_threshold
+            .unwrap_or(DEFAULT_SOFT_BOUNCE_THRESHOLD)
+    }
+
     pub fn from_allowed(&self, from: &Mailbox) -> bool {
         self.allowed_from_domains.is_empty()
             || self

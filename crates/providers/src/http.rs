@@ -313,6 +313,7 @@ pub struct ApiKeyConfig {
     pub timeout_ms: u64,
     /// What the provider's event webhook is verified with (SendGrid: the ECDSA verification
     /// key; Resend: the `whsec_` signing secret). Without it, webhook calls are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_signing_key: Option<String>,
 }
 

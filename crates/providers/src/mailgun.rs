@@ -1,6 +1,10 @@
 //! Mailgun: the MIME we render, posted to `POST /v3/{domain}/messages.mime` as multipart/form-data
 //! (`to` once per envelope recipient, the message as the file part `message`), HTTP Basic
 //! `api:<key>`.
+//!
+//! Event webhooks: set `webhook_signing_key` to the account's "HTTP webhook signing key" (shown
+//! with the API keys under Settings in the Mailgun dashboard); Mailgun signs each JSON webhook with
+//! it. Without it, event POSTs are refused. See [`crate::webhooks::mailgun`].
 
 use crate::http::{self, Answer};
 use crate::{
@@ -16,11 +20,11 @@ use std::sync::Arc;
 
 pub static KIND: ProviderKind = ProviderKind {
     name: "mailgun",
-    secret_fields: &["api_key"],
+    secret_fields: &["api_key", "webhook_signing_key"],
     validate,
     build,
     delivers_externally: true,
-    webhook: None,
+    webhook: Some(crate::webhooks::mailgun::parse),
 };
 
 /// Mailgun's documented per-message limits.
@@ -49,6 +53,10 @@ pub struct MailgunConfig {
     pub base_url: Option<String>,
     #[serde(default = "http::default_timeout")]
     pub timeout_ms: u64,
+    /// The HTTP webhook signing key that verifies Mailgun's event webhooks; absent, they are
+    /// refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_signing_key: Option<String>,
 }
 
 fn default_region() -> Region {
@@ -73,6 +81,17 @@ fn validate(v: &Value) -> Result<Value, ValidationErrors> {
         );
     }
     http::check_secret(&mut errs, "api_key", &c.api_key);
+    c.webhook_signing_key = c.webhook_signing_key.map(|k| k.trim().to_string());
+    if let Some(k) = &c.webhook_signing_key {
+        if k.is_empty() {
+            errs.add(
+                "config.webhook_signing_key",
+                "must not be empty; leave it out to refuse webhooks",
+            );
+        } else {
+            http::check_secret(&mut errs, "webhook_signing_key", k);
+        }
+    }
     c.base_url = http::check_base_url(&mut errs, c.base_url.as_deref());
     http::check_timeout(&mut errs, c.timeout_ms);
     errs.into_result()?;

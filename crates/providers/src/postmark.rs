@@ -1,5 +1,17 @@
 //! Postmark: `POST /email` with the server token in `X-Postmark-Server-Token`. Errors carry a
 //! Postmark `ErrorCode` that says more than the HTTP status (almost always 422).
+//!
+//! Event webhook (see `webhooks::postmark`): Postmark does not sign its webhooks, so the
+//! webhook you add in Postmark must carry a secret that CourierX checks, configured here with
+//! either or both of:
+//! - `webhook_username` + `webhook_password`: HTTP Basic credentials, put into the webhook URL
+//!   in Postmark as `https://<username>:<password>@<courierx host>/...` (or its Basic auth
+//!   fields);
+//! - `webhook_header_name` + `webhook_header_value`: a custom HTTP header added to the webhook
+//!   in Postmark (e.g. `X-Webhook-Secret`).
+//!
+//! Each pair must be given whole. The password and header value are secrets (at least 16
+//! characters). Without either pair, webhook calls are refused.
 
 use crate::http::{self, Answer};
 use crate::{
@@ -14,11 +26,11 @@ use std::sync::Arc;
 
 pub static KIND: ProviderKind = ProviderKind {
     name: "postmark",
-    secret_fields: &["server_token"],
+    secret_fields: &["server_token", "webhook_password", "webhook_header_value"],
     validate,
     build,
     delivers_externally: true,
-    webhook: None,
+    webhook: Some(crate::webhooks::postmark::parse),
 };
 
 const DEFAULT_BASE: &str = "https://api.postmarkapp.com";
@@ -37,7 +49,20 @@ pub struct PostmarkConfig {
     pub base_url: Option<String>,
     #[serde(default = "http::default_timeout")]
     pub timeout_ms: u64,
+    /// HTTP Basic credentials Postmark's webhook calls must carry (see the module docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_password: Option<String>,
+    /// A custom header Postmark's webhook calls must carry, and its secret value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_header_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_header_value: Option<String>,
 }
+
+/// The webhook secrets are all that authenticates Postmark's calls: refuse guessable ones.
+const MIN_WEBHOOK_SECRET: usize = 16;
 
 fn default_stream() -> String {
     "outbound".into()
@@ -60,8 +85,99 @@ fn validate(v: &Value) -> Result<Value, ValidationErrors> {
     }
     c.base_url = http::check_base_url(&mut errs, c.base_url.as_deref());
     http::check_timeout(&mut errs, c.timeout_ms);
+    check_webhook_auth(&mut errs, &mut c);
     errs.into_result()?;
     serde_json::to_value(&c).map_err(|e| ValidationErrors::single("config", e.to_string()))
+}
+
+/// Blank webhook fields count as absent; each pair must be complete.
+fn check_webhook_auth(errs: &mut ValidationErrors, c: &mut PostmarkConfig) {
+    for f in [
+        &mut c.webhook_username,
+        &mut c.webhook_password,
+        &mut c.webhook_header_name,
+        &mut c.webhook_header_value,
+    ] {
+        *f = f
+            .take()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+    }
+    let pairs = [
+        (
+            "webhook_username",
+            c.webhook_username.is_some(),
+            "webhook_password",
+            c.webhook_password.is_some(),
+        ),
+        (
+            "webhook_header_name",
+            c.webhook_header_name.is_some(),
+            "webhook_header_value",
+            c.webhook_header_value.is_some(),
+        ),
+    ];
+    for (a, has_a, b, has_b) in pairs {
+        if has_a && !has_b {
+            errs.add(
+                format!("config.{b}"),
+                format!("is required when {a} is set"),
+            );
+        }
+        if has_b && !has_a {
+            errs.add(
+                format!("config.{a}"),
+                format!("is required when {b} is set"),
+            );
+        }
+    }
+    if let Some(u) = &c.webhook_username
+        && (u.len() > 256 || !u.bytes().all(|b| b.is_ascii_graphic() && b != b':'))
+    {
+        errs.add(
+            "config.webhook_username",
+            "must be printable ASCII without spaces or colons",
+        );
+    }
+    for (field, value) in [
+        ("webhook_password", &c.webhook_password),
+        ("webhook_header_value", &c.webhook_header_value),
+    ] {
+        let Some(v) = value else { continue };
+        // A header value may hold inner spaces (`Bearer …`); a URL password may not.
+        let space_ok = field == "webhook_header_value";
+        if v.len() > 4096
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_graphic() || (space_ok && b == b' '))
+        {
+            let what = if space_ok {
+                "must be printable ASCII"
+            } else {
+                "must be printable ASCII without spaces"
+            };
+            errs.add(format!("config.{field}"), what);
+        } else if v.len() < MIN_WEBHOOK_SECRET {
+            errs.add(
+                format!("config.{field}"),
+                format!("must be at least {MIN_WEBHOOK_SECRET} characters"),
+            );
+        }
+    }
+    if let Some(n) = &c.webhook_header_name {
+        if reqwest::header::HeaderName::from_bytes(n.as_bytes()).is_err() {
+            errs.add(
+                "config.webhook_header_name",
+                "must be an HTTP header name, e.g. X-Webhook-Secret",
+            );
+        } else if c.webhook_username.is_some() && n.eq_ignore_ascii_case("authorization") {
+            // One Authorization header cannot carry both the Basic credentials and this value.
+            errs.add(
+                "config.webhook_header_name",
+                "cannot be Authorization when webhook_username is set",
+            );
+        }
+    }
 }
 
 fn build(v: &Value) -> Result<Arc<dyn EmailProvider>, ValidationErrors> {

@@ -1,5 +1,9 @@
 //! Resend: `POST /emails` with a Bearer key. Every send carries an `Idempotency-Key` (the
 //! caller's, else the CourierX message id), so a retry after a lost answer cannot send twice.
+//!
+//! Event webhook (see `webhooks::resend`): set `webhook_signing_key` to the webhook's signing
+//! secret from Resend's webhook page (`whsec_` followed by base64 of at least 24 bytes). Resend
+//! signs every call with it (Svix); without it, webhook calls are refused.
 
 use crate::http::{self, Answer};
 use crate::{
@@ -16,7 +20,7 @@ pub static KIND: ProviderKind = ProviderKind {
     validate,
     build,
     delivers_externally: true,
-    webhook: None,
+    webhook: Some(crate::webhooks::resend::parse),
 };
 
 const DEFAULT_BASE: &str = "https://api.resend.com";

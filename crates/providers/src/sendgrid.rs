@@ -1,5 +1,10 @@
 //! Twilio SendGrid v3 Mail Send: `POST /v3/mail/send`, JSON with one personalization, Bearer key.
 //! The answer is 202 with an empty body; the message id is the `X-Message-Id` header.
+//!
+//! Event webhook: set `webhook_signing_key` to the verification key SendGrid shows under
+//! Settings > Mail Settings > Signed Event Webhook Requests (base64 DER of an ECDSA P-256
+//! public key; a PEM `PUBLIC KEY` block is accepted too). Without it, event POSTs are refused.
+//! See [`crate::webhooks::sendgrid`].
 
 use crate::http::{self, Answer};
 use crate::{
@@ -16,7 +21,7 @@ pub static KIND: ProviderKind = ProviderKind {
     validate,
     build,
     delivers_externally: true,
-    webhook: None,
+    webhook: Some(crate::webhooks::sendgrid::parse),
 };
 
 const DEFAULT_BASE: &str = "https://api.sendgrid.com";

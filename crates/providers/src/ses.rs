@@ -1,5 +1,17 @@
 //! Amazon SES through the v2 HTTP API: `SendEmail` with the MIME we render as `Content.Raw`,
 //! signed with SigV4 (service name `ses`). No AWS SDK: one signed JSON request per message.
+//!
+//! Events come back through Amazon SNS: point a configuration set's SNS event destination (or
+//! an identity's bounce/complaint/delivery notifications) at a topic, and subscribe this
+//! provider's webhook URL to it over HTTPS. Each SNS message is verified against its signing
+//! certificate (see [`crate::webhooks::ses`]) and subscription confirmations are answered
+//! automatically.
+//!
+//! Webhook config:
+//! - `sns_topic_arns`: the SNS topic ARNs (`arn:aws:sns:<region>:<account>:<name>`) whose
+//!   messages this provider accepts; any other topic is refused as unauthorized, confirmation
+//!   included. Empty (the default) accepts any topic: SNS's signature proves the message came
+//!   from SNS, not that the topic is yours, so set it in production.
 
 use crate::http::{self, Answer};
 use crate::{
@@ -24,7 +36,7 @@ pub static KIND: ProviderKind = ProviderKind {
     validate,
     build,
     delivers_externally: true,
-    webhook: None,
+    webhook: Some(crate::webhooks::ses::parse),
 };
 
 /// SES takes 1 to 50 recipients per message.
@@ -47,6 +59,33 @@ pub struct SesConfig {
     pub base_url: Option<String>,
     #[serde(default = "http::default_timeout")]
     pub timeout_ms: u64,
+    /// SNS topics whose event messages the webhook accepts; empty: any topic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sns_topic_arns: Vec<String>,
+}
+
+/// `arn:<partition>:sns:<region>:<12-digit account>:<topic>`, the topic name being letters,
+/// digits, `-` and `_` (up to 256, `.fifo` allowed at the end).
+fn topic_arn_ok(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let [prefix, partition, service, region, account, topic] = parts.as_slice() else {
+        return false;
+    };
+    let name = topic.strip_suffix(".fifo").unwrap_or(topic);
+    *prefix == "arn"
+        && partition.starts_with("aws")
+        && partition
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '-')
+        && *service == "sns"
+        && region_ok(region)
+        && account.len() == 12
+        && account.chars().all(|c| c.is_ascii_digit())
+        && !name.is_empty()
+        && topic.len() <= 256
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// `us-east-1`, `ap-southeast-2`, `us-gov-west-1`: lowercase words and a number.
@@ -85,6 +124,14 @@ fn validate(v: &Value) -> Result<Value, ValidationErrors> {
         );
     }
     c.base_url = http::check_base_url(&mut errs, c.base_url.as_deref());
+    for (i, arn) in c.sns_topic_arns.iter().enumerate() {
+        if !topic_arn_ok(arn) {
+            errs.add(
+                format!("config.sns_topic_arns[{i}]"),
+                "must be an SNS topic ARN such as arn:aws:sns:eu-west-1:123456789012:ses-events",
+            );
+        }
+    }
     http::check_timeout(&mut errs, c.timeout_ms);
     errs.into_result()?;
     serde_json::to_value(&c).map_err(|e| ValidationErrors::single("config", e.to_string()))

@@ -320,7 +320,7 @@ async fn health_reads_the_domain_state() {
 #[test]
 fn validate_names_the_bad_fields_and_fills_defaults() {
     let kind = courierx_providers::kind("mailgun").unwrap();
-    assert_eq!(kind.secret_fields, ["api_key"]);
+    assert_eq!(kind.secret_fields, ["api_key", "webhook_signing_key"]);
     let ok = (kind.validate)(&json!({"domain": "MG.Acme.test", "api_key": KEY})).unwrap();
     assert_eq!(
         ok,

@@ -320,7 +320,7 @@ async fn health_accepts_full_and_sending_only_keys() {
 #[test]
 fn validate_names_the_bad_fields_and_fills_defaults() {
     let kind = courierx_providers::kind("resend").unwrap();
-    assert_eq!(kind.secret_fields, ["api_key"]);
+    assert_eq!(kind.secret_fields, ["api_key", "webhook_signing_key"]);
     let ok = (kind.validate)(&json!({"api_key": KEY, "timeout_ms": 5000})).unwrap();
     assert_eq!(
         ok,

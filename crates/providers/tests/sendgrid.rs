@@ -321,7 +321,7 @@ async fn health_checks_the_key_and_its_scope() {
 #[test]
 fn validate_names_the_bad_fields_and_fills_defaults() {
     let kind = courierx_providers::kind("sendgrid").unwrap();
-    assert_eq!(kind.secret_fields, ["api_key"]);
+    assert_eq!(kind.secret_fields, ["api_key", "webhook_signing_key"]);
     assert!(kind.delivers_externally);
 
     let ok = (kind.validate)(&json!({"api_key": KEY, "base_url": "https://api.eu.sendgrid.com/"}))

@@ -126,7 +126,21 @@ impl Core {
 
 fn spawn_housekeeping(engine: Arc<Engine>) {
     let db = engine.db.clone();
+    // Weak: the engine must drop at shutdown so its writer can flush and stop.
+    let weak = Arc::downgrade(&engine);
     drop(engine);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let Some(engine) = weak.upgrade() else {
+                break;
+            };
+            if let Err(e) = engine.reconcile_events().await {
+                tracing::warn!(error = %e, "applying pending provider events failed");
+            }
+        }
+    });
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(600));
         loop {
@@ -164,6 +178,12 @@ pub async fn serve(
         metrics: metrics_handle(),
         health: health.clone(),
         keys: Default::default(),
+        webhooks: Arc::new(courierx_providers::webhooks::WebhookContext::with_timeout(
+            courierx_providers::webhooks::SnsUrlPolicy {
+                extra_prefixes: s.sns_allowed_url_prefixes.clone(),
+            },
+            Duration::from_secs(10),
+        )),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener_task = if s.run_workers {

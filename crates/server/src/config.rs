@@ -30,6 +30,9 @@ pub struct Settings {
     /// Whether `serve` runs delivery workers in-process (turn off to scale API and `worker`
     /// processes separately).
     pub run_workers: bool,
+    /// Extra URL prefixes SNS signing certificates and subscription URLs may come from
+    /// (besides AWS's own hosts); for tests and private endpoints.
+    pub sns_allowed_url_prefixes: Vec<String>,
     pub engine: EngineConfig,
 }
 
@@ -66,6 +69,8 @@ const KEYS: &[(&str, &str)] = &[
     ("worker_concurrency", "COURIERX_WORKER_CONCURRENCY"),
     ("shutdown_grace_ms", "COURIERX_SHUTDOWN_GRACE_MS"),
     ("run_workers", "COURIERX_RUN_WORKERS"),
+    ("public_url", "COURIERX_PUBLIC_URL"),
+    ("sns_allowed_url_prefixes", "COURIERX_SNS_ALLOWED_URL_PREFIXES"),
 ];
 
 /// Raw values by setting key, before parsing.
@@ -227,7 +232,45 @@ impl RawSettings {
             }
         };
         let defaults = EngineConfig::default();
+        let public_url = match self.get("public_url") {
+            None => format!("http://{listen}"),
+            Some(u) => {
+                let u = u.trim().trim_end_matches('/');
+                let rest = u
+                    .strip_prefix("https://")
+                    .or_else(|| u.strip_prefix("http://"));
+                match rest {
+                    Some(host) if !host.is_empty() && !u.chars().any(char::is_whitespace) => {
+                        u.to_string()
+                    }
+                    _ => {
+                        return Err(err(
+                            "COURIERX_PUBLIC_URL",
+                            "must be an http:// or https:// URL, e.g. https://mail.example.com",
+                        ));
+                    }
+                }
+            }
+        };
+        let sns_allowed_url_prefixes: Vec<String> = self
+            .get("sns_allowed_url_prefixes")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
+        if let Some(bad) = sns_allowed_url_prefixes
+            .iter()
+            .find(|p| !(p.starts_with("https://") || p.starts_with("http://")) || !p.ends_with('/'))
+        {
+            return Err(err(
+                "COURIERX_SNS_ALLOWED_URL_PREFIXES",
+                format!("{bad:?} must be an http(s) URL prefix ending in '/'"),
+            ));
+        }
         let engine = EngineConfig {
+            public_url,
             max_attempts: self.num("max_attempts", defaults.max_attempts, 1, 100)?,
             backoff_base_ms: self.num(
                 "backoff_base_ms",
@@ -274,6 +317,7 @@ impl RawSettings {
         };
         Ok(Settings {
             run_workers,
+            sns_allowed_url_prefixes,
             listen,
             data_dir,
             database_url,

@@ -34,6 +34,7 @@ pub struct MessageRow {
     pub send_at: Option<i64>,
     /// JSON `{"slug","version","locale"}` of the template the message was rendered from.
     pub template: Option<String>,
+    pub category: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -63,7 +64,7 @@ pub struct MessageSummaryRow {
     pub sent_at: Option<i64>,
 }
 
-pub(crate) const MESSAGE_COLS: &str = "id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to, subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts, last_error, created_at, updated_at, sent_at, attachment_count, send_at, template";
+pub(crate) const MESSAGE_COLS: &str = "id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to, subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts, last_error, created_at, updated_at, sent_at, attachment_count, send_at, template, category";
 
 pub struct MessageFilter<'a> {
     pub project: Option<ProjectId>,
@@ -145,7 +146,7 @@ pub struct NewEvent {
     pub detail: serde_json::Value,
 }
 
-pub(crate) async fn insert_event(tx: &mut Tx, e: &NewEvent) -> Result<()> {
+pub async fn insert_event(tx: &mut Tx, e: &NewEvent) -> Result<()> {
     on_tx!(tx, c => sqlx::query(
         "INSERT INTO message_events (id, tenant_id, message_id, type, at, provider_id, recipient, detail)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")

@@ -55,6 +55,16 @@ impl Db {
         )
     }
 
+    /// A live provider by id alone: for its inbound webhook, where the signature (checked with
+    /// the provider's own key) is what authenticates and the tenant comes from the row.
+    pub async fn provider_by_id(&self, id: ProviderId) -> Result<Option<ProviderRow>> {
+        let sql = format!("SELECT {COLS} FROM providers WHERE id = $1 AND deleted_at IS NULL");
+        Ok(
+            on!(self, p => sqlx::query_as::<_, ProviderRow>(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string()).fetch_optional(p).await)?,
+        )
+    }
+
     pub async fn update_provider(&self, row: &ProviderRow) -> Result<bool> {
         let n = on!(self, p => sqlx::query(
             "UPDATE providers SET name = $1, config_public = $2, secret_ciphertext = $3, key_version = $4, updated_at = $5, options = $6

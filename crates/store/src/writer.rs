@@ -358,11 +358,11 @@ async fn insert_accepted_pg(
     sqlx::query(
         "INSERT INTO messages (id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to, \
          subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts, \
-         last_error, created_at, updated_at, sent_at, attachment_count, send_at, template) \
+         last_error, created_at, updated_at, sent_at, attachment_count, send_at, template, category) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
          $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], \
          $18::text[], $19::text[], $20::bigint[], $21::text[], $22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[], \
-         $26::bigint[], $27::text[])",
+         $26::bigint[], $27::text[], $28::text[])",
     )
     .bind(col(&|r| r.id.clone()))
     .bind(col(&|r| r.tenant_id.clone()))
@@ -391,6 +391,7 @@ async fn insert_accepted_pg(
     .bind(int(&|r| r.attachment_count))
     .bind(opt_int(&|r| r.send_at))
     .bind(opt(&|r| r.template.clone()))
+    .bind(opt(&|r| r.category.clone()))
     .execute(&mut **c)
     .await?;
     let event_ids: Vec<String> = msgs.iter().map(|_| crate::users::uuid_v7()).collect();
@@ -428,7 +429,7 @@ async fn insert_accepted(tx: &mut Tx, msgs: &[&NewMessage]) -> Result<()> {
         let mut q = sqlx::QueryBuilder::new(
             "INSERT INTO messages (id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to, \
              subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts, \
-             last_error, created_at, updated_at, sent_at, attachment_count, send_at, template) ");
+             last_error, created_at, updated_at, sent_at, attachment_count, send_at, template, category) ");
         q.push_values(msgs, |mut b, m| {
             let r = &m.row;
             b.push_bind(r.id.clone()).push_bind(r.tenant_id.clone()).push_bind(r.project_id.clone()).push_bind(r.channel.clone())
@@ -437,7 +438,8 @@ async fn insert_accepted(tx: &mut Tx, msgs: &[&NewMessage]) -> Result<()> {
                 .push_bind(r.text_body.clone()).push_bind(r.headers.clone()).push_bind(r.tags.clone()).push_bind(r.metadata.clone())
                 .push_bind(r.idempotency_key.clone()).push_bind(r.provider_id.clone()).push_bind(r.provider_message_id.clone())
                 .push_bind(r.attempts).push_bind(r.last_error.clone()).push_bind(r.created_at).push_bind(r.updated_at).push_bind(r.sent_at)
-                .push_bind(r.attachment_count).push_bind(r.send_at).push_bind(r.template.clone());
+                .push_bind(r.attachment_count).push_bind(r.send_at).push_bind(r.template.clone())
+                .push_bind(r.category.clone());
         });
         q.build().execute(&mut *c).await?;
         let mut q = sqlx::QueryBuilder::new("INSERT INTO message_events (id, tenant_id, message_id, type, at, provider_id, recipient, detail) ");

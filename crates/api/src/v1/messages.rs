@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue as HttpHeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use courierx_domain::{
+    Category,
     Attachment, HeaderName, HeaderValue, Mailbox, MessageId, MessageStatus, ProjectId, Sha256Hex,
     ValidationErrors, now_ms,
 };
@@ -82,6 +83,10 @@ pub struct SendMessageRequest {
     /// Render subject, html and text from the project's template (its published version)
     /// instead of giving them.
     pub template: Option<TemplateInput>,
+    /// A category declared in the project's `email_settings.categories` (e.g. `marketing`).
+    /// Non-transactional categories get one-click `List-Unsubscribe` headers and take one
+    /// recipient per message; recipients unsubscribed from the category are skipped.
+    pub category: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -194,11 +199,11 @@ pub fn validate(
     let to = parse_list("to", req.to.as_ref(), &mut errs);
     let cc = parse_list("cc", req.cc.as_ref(), &mut errs);
     let bcc = parse_list("bcc", req.bcc.as_ref(), &mut errs);
-    let total = [&req.to, &req.cc, &req.bcc]
+    let recipient_count = [&req.to, &req.cc, &req.bcc]
         .iter()
         .map(|l| l.as_ref().map_or(0, |l| l.items().len()))
         .sum::<usize>();
-    if req.to.is_some() && (total == 0 || total > MAX_RECIPIENTS) {
+    if req.to.is_some() && (recipient_count == 0 || recipient_count > MAX_RECIPIENTS) {
         errs.add(
             "to",
             format!("1 to {MAX_RECIPIENTS} recipients in total over to, cc and bcc"),
@@ -316,9 +321,30 @@ pub fn validate(
             Ok(at) => Some(at.timestamp_millis()),
         },
     };
+    let category = req.category.as_deref().and_then(|c| {
+        let cat = errs.check("category", Category::parse(c))?;
+        match settings.categories.get(&cat) {
+            None => {
+                errs.add(
+                    "category",
+                    "is not declared in the project's email_settings.categories",
+                );
+                None
+            }
+            Some(false) if recipient_count != 1 => {
+                errs.add(
+                    "category",
+                    "a non-transactional category takes exactly one recipient (each gets its own unsubscribe link); send one message per recipient or use the batch endpoint",
+                );
+                None
+            }
+            Some(_) => Some(cat),
+        }
+    });
     errs.into_result()?;
     let from = from.ok_or_else(|| ValidationErrors::single("from", "is required"))?;
     Ok(ValidMessage {
+        category,
         attachments,
         send_at,
         template: None,

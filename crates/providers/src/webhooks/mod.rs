@@ -46,6 +46,15 @@ pub struct SnsUrlPolicy {
 }
 
 impl WebhookContext {
+    /// With its own HTTP client (rustls, `timeout` per request).
+    pub fn with_timeout(sns_allowed_urls: SnsUrlPolicy, timeout: std::time::Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        Self::new(http, sns_allowed_urls)
+    }
+
     pub fn new(http: reqwest::Client, sns_allowed_urls: SnsUrlPolicy) -> Self {
         Self {
             http,
