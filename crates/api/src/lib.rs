@@ -118,6 +118,7 @@ fn v1_router() -> OpenApiRouter<AppState> {
         .merge(v1::routes::router())
         .merge(v1::messages::router())
         .merge(v1::sandbox::router())
+        .merge(v1::suppressions::router())
         .merge(v1::templates::router())
         .merge(webhooks::router())
         .merge(ops::router())

@@ -11,7 +11,9 @@ use courierx_domain::{Attachment, Mailbox, now_ms};
 use courierx_providers::{OutboundEmail, SendError, SendReceipt};
 use courierx_store::messages::MessageRow;
 use courierx_store::sandbox::SandboxRow;
-use courierx_store::writer::{AttemptRecord, ClaimRequest, Claimed, Outcome, ProviderTry};
+use courierx_store::writer::{
+    AttemptRecord, ClaimRequest, Claimed, Outcome, ProviderTry, SuppressedRecipient,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -183,6 +185,56 @@ fn outbound(m: &MessageRow) -> Result<OutboundEmail, SendError> {
         attachments: vec![],
         idempotency_key: m.idempotency_key.clone(),
     })
+}
+
+/// Removes suppressed recipients from the email and says who and why. Category unsubscribes
+/// count only for the project's non-transactional categories.
+async fn drop_suppressed(
+    e: &Engine,
+    msg: &MessageRow,
+    snap: &ProjectSnapshot,
+    email: &mut OutboundEmail,
+) -> Result<Vec<SuppressedRecipient>, courierx_store::StoreError> {
+    let all: Vec<String> = email
+        .to
+        .iter()
+        .chain(&email.cc)
+        .chain(&email.bcc)
+        .map(|m| m.address.as_str().to_string())
+        .collect();
+    let category = msg
+        .category
+        .as_deref()
+        .and_then(|c| courierx_domain::Category::parse(c).ok())
+        .filter(|c| snap.settings.unsubscribable(c));
+    let rows = e
+        .db
+        .suppressed_among(
+            &msg.tenant_id,
+            &msg.project_id,
+            &all,
+            category.as_ref().map(|c| c.as_str()),
+            now_ms(),
+        )
+        .await?;
+    let mut dropped: Vec<SuppressedRecipient> = Vec::new();
+    for r in rows {
+        if !dropped.iter().any(|d| d.email == r.email) {
+            dropped.push(SuppressedRecipient {
+                email: r.email,
+                reason: r.reason,
+                scope: r.scope,
+            });
+        }
+    }
+    if !dropped.is_empty() {
+        let keep = |m: &Mailbox| !dropped.iter().any(|d| d.email == m.address.as_str());
+        email.to.retain(keep);
+        email.cc.retain(keep);
+        email.bcc.retain(keep);
+        metrics::counter!("courierx_recipients_suppressed_total").increment(dropped.len() as u64);
+    }
+    Ok(dropped)
 }
 
 /// The input routing looks at, from an outbound email.
@@ -380,7 +432,27 @@ async fn deliver(e: &Engine, claimed: Claimed) {
             }
         }
     }
+    let mut suppressed = Vec::new();
+    if let (Some(snap), Ok(out)) = (&snap, email.as_mut()) {
+        match drop_suppressed(e, &msg, snap, out).await {
+            Ok(dropped) => suppressed = dropped,
+            Err(err) => {
+                tracing::warn!(error = %err, "checking the suppression list failed; the lease will expire and retry");
+                return;
+            }
+        }
+    }
+    let nobody_left = email
+        .as_ref()
+        .is_ok_and(|m| m.to.is_empty() && m.cc.is_empty() && m.bcc.is_empty());
     let decided = match (&snap, email) {
+        _ if nobody_left => Decided {
+            provider_id: None,
+            kind: String::new(),
+            latency_ms: 0,
+            result: Ok(SendReceipt::default()),
+            defer: None,
+        },
         (_, Err(err)) => Decided {
             provider_id: None,
             kind: String::new(),
@@ -405,6 +477,9 @@ async fn deliver(e: &Engine, claimed: Claimed) {
         defer,
     } = decided;
     let outcome = match (defer, result) {
+        _ if nobody_left => Outcome::Suppressed {
+            job_id: job.id.clone(),
+        },
         (Some(wait), _) => Outcome::Defer {
             job_id: job.id.clone(),
             run_at: now_ms() + wait.as_millis() as i64,
@@ -456,6 +531,7 @@ async fn deliver(e: &Engine, claimed: Claimed) {
         Outcome::Retry { .. } => "retry",
         Outcome::Failed { .. } => "failed",
         Outcome::Defer { .. } => "deferred",
+        Outcome::Suppressed { .. } => "suppressed",
     };
     metrics::counter!("courierx_delivery_attempts_total", "provider" => kind, "outcome" => label)
         .increment(1);
@@ -467,6 +543,7 @@ async fn deliver(e: &Engine, claimed: Claimed) {
         at: now_ms(),
         latency_ms,
         failovers,
+        suppressed,
         outcome,
     };
     if let Err(err) = e.writer.record(rec).await {

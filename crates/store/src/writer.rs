@@ -70,6 +70,17 @@ pub enum Outcome {
         job_id: String,
         run_at: Millis,
     },
+    /// Every recipient is on the suppression list: nothing was sent, no provider was called.
+    Suppressed { job_id: String },
+}
+
+/// A recipient left out of a send because it is suppressed.
+#[derive(Debug, Clone)]
+pub struct SuppressedRecipient {
+    pub email: String,
+    pub reason: String,
+    /// '' when suppressed for all mail, else the category.
+    pub scope: String,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +94,8 @@ pub struct AttemptRecord {
     pub latency_ms: i64,
     /// Earlier tries of this attempt that failed over to the next provider.
     pub failovers: Vec<ProviderTry>,
+    /// Recipients dropped by the suppression list (recorded once the outcome is final).
+    pub suppressed: Vec<SuppressedRecipient>,
     pub outcome: Outcome,
 }
 
@@ -574,7 +587,41 @@ async fn record_one(tx: &mut Tx, r: &AttemptRecord) -> Result<()> {
         )
         .await?;
     }
+    if matches!(
+        r.outcome,
+        Outcome::Sent { .. } | Outcome::Failed { .. } | Outcome::Suppressed { .. }
+    ) {
+        for d in &r.suppressed {
+            let detail = serde_json::json!({"reason": d.reason, "scope": d.scope});
+            insert_event(
+                tx,
+                &NewEvent {
+                    recipient: Some(d.email.clone()),
+                    provider_id: None,
+                    ..event(courierx_domain::EventType::Suppressed.as_str(), detail.clone())
+                },
+            )
+            .await?;
+            crate::provider_events::set_recipient_status(
+                tx,
+                &r.tenant_id,
+                &r.message_id,
+                &d.email,
+                "suppressed",
+                &detail,
+                r.at,
+            )
+            .await?;
+        }
+    }
     match &r.outcome {
+        Outcome::Suppressed { job_id } => {
+            on_tx!(tx, c => sqlx::query("DELETE FROM jobs WHERE id = $1").bind(job_id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+            on_tx!(tx, c => sqlx::query(
+                "UPDATE messages SET status = 'suppressed', attempts = $1, updated_at = $2
+                 WHERE id = $3 AND status IN ('queued', 'sending')")
+                .bind(r.attempt).bind(r.at).bind(&r.message_id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+        }
         Outcome::Sent {
             job_id,
             provider_message_id,

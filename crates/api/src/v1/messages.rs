@@ -691,6 +691,9 @@ pub struct EventView {
     pub kind: String,
     pub at: String,
     pub provider_id: Option<String>,
+    /// The recipient the event is about, for per-recipient events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
     #[schema(value_type = Object)]
     pub detail: Value,
 }
@@ -721,7 +724,23 @@ pub struct MessageDetail {
     #[schema(value_type = Option<Object>)]
     pub template: Option<Value>,
     pub attachments: Vec<AttachmentView>,
+    /// The sending category, if any.
+    pub category: Option<String>,
+    /// Each recipient's own state: `queued`…`sent` like the message until the provider reports
+    /// on it, then `deferred`, `delivered`, `bounced` or `complained`; `suppressed` when it was
+    /// skipped. The message `status` summarises them (the furthest a recipient got).
+    pub recipients: Vec<RecipientView>,
     pub events: Vec<EventView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RecipientView {
+    pub email: String,
+    pub status: String,
+    /// The event that set the status (bounce type and diagnostic, suppression reason…).
+    #[schema(value_type = Option<Object>)]
+    pub detail: Option<Value>,
+    pub updated_at: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -735,9 +754,37 @@ pub struct AttachmentView {
 fn detail(
     r: MessageRow,
     attachments: Vec<AttachmentView>,
+    states: Vec<courierx_store::provider_events::RecipientRow>,
     events: Vec<EventView>,
 ) -> MessageDetail {
+    let before_reports = match r.status.as_str() {
+        "delivered" | "bounced" | "complained" => "sent",
+        s => s,
+    };
+    let recipients = [&r.to_addrs, &r.cc_addrs, &r.bcc_addrs]
+        .into_iter()
+        .flat_map(|l| json_list(l))
+        .map(|m| {
+            let email = Mailbox::parse(&m).map_or(m, |mb| mb.address.as_str().to_string());
+            match states.iter().find(|s| s.email == email) {
+                Some(s) => RecipientView {
+                    email,
+                    status: s.status.clone(),
+                    detail: serde_json::from_str(&s.detail).ok(),
+                    updated_at: Some(rfc3339(s.updated_at)),
+                },
+                None => RecipientView {
+                    email,
+                    status: before_reports.to_string(),
+                    detail: None,
+                    updated_at: None,
+                },
+            }
+        })
+        .collect();
     MessageDetail {
+        category: r.category.clone(),
+        recipients,
         send_at: opt_rfc3339(r.send_at),
         template: r
             .template
@@ -802,11 +849,13 @@ async fn load_detail(state: &AppState, who: Principal, id: MessageId) -> ApiResu
         .await?
         .into_iter()
         .map(|e| EventView {
+            recipient: e.recipient,
             kind: e.kind,
             at: rfc3339(e.at),
             provider_id: e.provider_id,
             detail: serde_json::from_str(&e.detail).unwrap_or(Value::Object(Map::new())),
         })
         .collect();
-    Ok(detail(row, attachments, events))
+    let states = db.list_recipients(who.tenant(), id).await?;
+    Ok(detail(row, attachments, states, events))
 }

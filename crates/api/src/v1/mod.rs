@@ -6,6 +6,7 @@ pub mod projects;
 pub mod providers;
 pub mod routes;
 pub mod sandbox;
+pub mod suppressions;
 pub mod templates;
 pub mod users;
 
