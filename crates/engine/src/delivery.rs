@@ -228,7 +228,10 @@ async fn drop_suppressed(
         }
     }
     if !dropped.is_empty() {
-        let keep = |m: &Mailbox| !dropped.iter().any(|d| d.email == m.address.as_str());
+        let keep = |m: &Mailbox| {
+            let lower = m.address.as_str().to_lowercase();
+            !dropped.iter().any(|d| d.email == lower)
+        };
         email.to.retain(keep);
         email.cc.retain(keep);
         email.bcc.retain(keep);

@@ -74,7 +74,8 @@ impl Normalised {
         Self {
             kind,
             bounce_type,
-            recipient: ev.recipient.as_ref().map(|r| r.as_str().to_string()),
+            // Lowercased: per-recipient state and suppressions match addresses that way.
+            recipient: ev.recipient.as_ref().map(|r| r.as_str().to_lowercase()),
             occurred_at: ev.occurred_at,
             detail: Value::Object(detail),
         }

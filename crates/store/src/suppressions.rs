@@ -1,5 +1,6 @@
 //! The suppression list: per project, addresses CourierX will not send to (for all mail, or for
 //! one category after an unsubscribe). Every addition and release is written to an audit table.
+//! Addresses are kept and matched lowercased: providers and mailbox hosts treat them so.
 
 use crate::{Db, Result, Tx, on, on_tx};
 use courierx_domain::{Millis, ProjectId, TenantId};
@@ -54,7 +55,7 @@ pub async fn add_suppression(tx: &mut Tx, s: &NewSuppression, replace: bool) -> 
              source_message_id = excluded.source_message_id, detail = excluded.detail,
              created_at = excluded.created_at, expires_at = excluded.expires_at
          WHERE $10 OR (suppressions.expires_at IS NOT NULL AND suppressions.expires_at <= excluded.created_at)")
-        .bind(&s.tenant_id).bind(&s.project_id).bind(&s.email).bind(&s.scope).bind(&s.reason)
+        .bind(&s.tenant_id).bind(&s.project_id).bind(s.email.to_lowercase()).bind(&s.scope).bind(&s.reason)
         .bind(&s.source_message_id).bind(crate::to_json(&s.detail)).bind(s.created_at).bind(s.expires_at)
         .bind(replace)
         .execute(&mut *c).await.map(|r| r.rows_affected()))?;
@@ -65,7 +66,7 @@ pub async fn add_suppression(tx: &mut Tx, s: &NewSuppression, replace: bool) -> 
         tx,
         &s.tenant_id,
         &s.project_id,
-        &s.email,
+        &s.email.to_lowercase(),
         &s.scope,
         "added",
         &s.reason,
@@ -87,6 +88,8 @@ pub async fn release_suppression(
     actor: &str,
     at: Millis,
 ) -> Result<u64> {
+    let email = email.to_lowercase();
+    let email = email.as_str();
     let scopes: Vec<String> = on_tx!(tx, c => sqlx::query_scalar::<_, String>(
         "DELETE FROM suppressions WHERE tenant_id = $1 AND project_id = $2 AND email = $3 AND ($4 IS NULL OR scope = $4)
          RETURNING scope")
@@ -137,6 +140,7 @@ impl Db {
         f: &SuppressionFilter<'_>,
     ) -> Result<Vec<SuppressionRow>> {
         let (after_email, after_scope) = f.after.clone().unzip();
+        let email = f.email.map(str::to_lowercase);
         let sql = format!(
             "SELECT {COLS} FROM suppressions
              WHERE tenant_id = $1 AND project_id = $2 AND ($3 IS NULL OR reason = $3) AND ($4 IS NULL OR email = $4)
@@ -146,7 +150,7 @@ impl Db {
         );
         Ok(
             on!(self, p => sqlx::query_as::<_, SuppressionRow>(sqlx::AssertSqlSafe(sql))
-            .bind(tenant.to_string()).bind(project.to_string()).bind(f.reason).bind(f.email).bind(f.now)
+            .bind(tenant.to_string()).bind(project.to_string()).bind(f.reason).bind(email).bind(f.now)
             .bind(after_email).bind(after_scope).bind(f.limit).fetch_all(p).await)?,
         )
     }
@@ -165,7 +169,8 @@ impl Db {
             return Ok(Vec::new());
         }
         // A JSON array keeps this one statement on both backends whatever the recipient count.
-        let list = crate::to_json(&emails);
+        let lowered: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
+        let list = crate::to_json(&lowered);
         let members = match self {
             Db::Sqlite(_) => "SELECT value FROM json_each($3)",
             Db::Postgres(_) => "SELECT jsonb_array_elements_text($3::jsonb)",
@@ -193,6 +198,6 @@ impl Db {
         Ok(on!(self, p => sqlx::query_as::<_, AuditRow>(
             "SELECT email, scope, action, reason, actor, at FROM suppression_audit
              WHERE tenant_id = $1 AND project_id = $2 AND email = $3 ORDER BY at, id")
-            .bind(tenant.to_string()).bind(project.to_string()).bind(email).fetch_all(p).await)?)
+            .bind(tenant.to_string()).bind(project.to_string()).bind(email.to_lowercase()).fetch_all(p).await)?)
     }
 }

@@ -766,7 +766,8 @@ fn detail(
         .flat_map(|l| json_list(l))
         .map(|m| {
             let email = Mailbox::parse(&m).map_or(m, |mb| mb.address.as_str().to_string());
-            match states.iter().find(|s| s.email == email) {
+            let key = email.to_lowercase();
+            match states.iter().find(|s| s.email == key) {
                 Some(s) => RecipientView {
                     email,
                     status: s.status.clone(),

@@ -25,6 +25,8 @@ pub enum Answer {
 struct Inner {
     answer: Option<Answer>,
     arrivals: Vec<(Instant, Value)>,
+    /// The id the next accepted email gets (else a fresh UUID).
+    next_id: Option<String>,
 }
 
 #[derive(Clone)]
@@ -76,7 +78,7 @@ async fn emails(
     match g.answer.unwrap_or(Answer::Ok) {
         Answer::Ok => (
             StatusCode::OK,
-            axum::Json(json!({"id": uuid::Uuid::now_v7().to_string()})),
+            axum::Json(json!({"id": g.next_id.take().unwrap_or_else(|| uuid::Uuid::now_v7().to_string())})),
         ),
         Answer::Unavailable => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -98,6 +100,7 @@ impl FakeResend {
         let inner = Arc::new(Mutex::new(Inner {
             answer: Some(answer),
             arrivals: Vec::new(),
+            next_id: None,
         }));
         let app = Router::new()
             .route("/emails", post(emails))
@@ -116,6 +119,10 @@ impl FakeResend {
 
     pub fn answer(&self, a: Answer) {
         self.inner.lock().unwrap().answer = Some(a);
+    }
+
+    pub fn set_next_id(&self, id: &str) {
+        self.inner.lock().unwrap().next_id = Some(id.to_string());
     }
 
     pub fn hits(&self) -> usize {

@@ -7,6 +7,7 @@ mod smtp_server;
 mod auth;
 mod config;
 mod delivery;
+mod delivery_truth;
 mod errors;
 mod isolation;
 mod messages;
