@@ -5,6 +5,7 @@ pub mod error;
 pub mod extract;
 mod middleware;
 mod ops;
+pub mod tracking;
 pub mod v1;
 pub mod webhooks;
 
@@ -121,6 +122,7 @@ fn v1_router() -> OpenApiRouter<AppState> {
         .merge(v1::suppressions::router())
         .merge(v1::templates::router())
         .merge(webhooks::router())
+        .merge(tracking::router())
         .merge(ops::router())
 }
 

@@ -74,7 +74,9 @@ async fn provider_webhook(
                 ApiError::unauthorized(m)
             }
             WebhookError::Malformed(m) => ApiError::bad_request(m),
-            WebhookError::Upstream(m) => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", m),
+            WebhookError::Upstream(m) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", m)
+            }
         }
     })?;
     let events = match outcome {

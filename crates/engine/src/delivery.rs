@@ -187,6 +187,54 @@ fn outbound(m: &MessageRow) -> Result<OutboundEmail, SendError> {
     })
 }
 
+/// Adds what the project asks for at send time: open/click tracking in the HTML, and RFC 8058
+/// one-click unsubscribe headers for non-transactional categories (one recipient per message,
+/// enforced at accept, so the token names that recipient).
+fn decorate(e: &Engine, msg: &MessageRow, snap: &ProjectSnapshot, out: &mut OutboundEmail) {
+    let s = &snap.settings;
+    let base = e.cfg.public_url.trim_end_matches('/');
+    if (s.track_opens || s.track_clicks)
+        && let Some(html) = &out.html
+    {
+        out.html = Some(crate::tracking::instrument(
+            html,
+            base,
+            out.message_id,
+            &e.tracking,
+            s.track_opens,
+            s.track_clicks,
+        ));
+    }
+    let category = msg
+        .category
+        .as_deref()
+        .and_then(|c| courierx_domain::Category::parse(c).ok())
+        .filter(|c| s.unsubscribable(c));
+    let caller_set = out
+        .headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("List-Unsubscribe"));
+    if let (Some(category), Some(rcpt), Ok(project_id), false) =
+        (category, out.to.first(), msg.project_id.parse(), caller_set)
+    {
+        let token = e.tracking.sign(&crate::tracking::Token::Unsubscribe {
+            project_id,
+            message_id: out.message_id,
+            email: rcpt.address.clone(),
+            category: category.to_string(),
+        });
+        let mut value = format!("<{base}/u/{token}>");
+        if let Some(m) = &s.unsubscribe_mailto {
+            value.push_str(&format!(", <mailto:{m}?subject=unsubscribe%20{token}>"));
+        }
+        out.headers.push(("List-Unsubscribe".into(), value));
+        out.headers.push((
+            "List-Unsubscribe-Post".into(),
+            "List-Unsubscribe=One-Click".into(),
+        ));
+    }
+}
+
 /// Removes suppressed recipients from the email and says who and why. Category unsubscribes
 /// count only for the project's non-transactional categories.
 async fn drop_suppressed(
@@ -207,9 +255,8 @@ async fn drop_suppressed(
         .as_deref()
         .and_then(|c| courierx_domain::Category::parse(c).ok())
         .filter(|c| snap.settings.unsubscribable(c));
-    let rows = e
-        .db
-        .suppressed_among(
+    let rows =
+        e.db.suppressed_among(
             &msg.tenant_id,
             &msg.project_id,
             &all,
@@ -444,6 +491,9 @@ async fn deliver(e: &Engine, claimed: Claimed) {
                 return;
             }
         }
+    }
+    if let (Some(snap), Ok(out)) = (&snap, email.as_mut()) {
+        decorate(e, &msg, snap, out);
     }
     let nobody_left = email
         .as_ref()

@@ -338,7 +338,11 @@ impl Engine {
                 scope,
                 reason: reason.into(),
                 source_message_id: Some(target.id.clone()),
-                detail: n.detail.get("diagnostic").cloned().map_or(json!({}), |d| json!({"diagnostic": d})),
+                detail: n
+                    .detail
+                    .get("diagnostic")
+                    .cloned()
+                    .map_or(json!({}), |d| json!({"diagnostic": d})),
                 created_at: now,
                 expires_at: None,
                 actor: "system".into(),

@@ -5,8 +5,8 @@ pub mod accept;
 pub mod auth;
 pub mod backoff;
 pub mod breaker;
-pub mod events;
 pub mod delivery;
+pub mod events;
 pub mod pacing;
 pub mod project_cache;
 pub mod providers;
@@ -69,6 +69,8 @@ pub struct Engine {
     pub balancer: routing::Balancer,
     /// Compiled template versions (immutable, so never stale).
     pub templates: templates::TemplateCache,
+    /// Signs and checks open/click/unsubscribe tokens.
+    pub tracking: tracking::TrackingKeys,
 }
 
 impl Engine {
@@ -86,6 +88,7 @@ impl Engine {
             pacers: Default::default(),
             balancer: Default::default(),
             templates: Default::default(),
+            tracking: tracking::TrackingKeys::new(key),
         }
     }
 }

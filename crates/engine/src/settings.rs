@@ -137,13 +137,15 @@ impl EmailSettings {
             errs.add(format!("{p}.categories"), "at most 50 categories");
         }
         for (name, c) in &self.categories {
-            if let Some(cat) = errs.check(&format!("{p}.categories.{name}"), Category::parse(name)) {
+            if let Some(cat) = errs.check(&format!("{p}.categories.{name}"), Category::parse(name))
+            {
                 categories.insert(cat, c.transactional);
             }
         }
-        let unsubscribe_mailto = self.unsubscribe_mailto.as_deref().and_then(|m| {
-            errs.check(&format!("{p}.unsubscribe_mailto"), EmailAddress::parse(m))
-        });
+        let unsubscribe_mailto = self
+            .unsubscribe_mailto
+            .as_deref()
+            .and_then(|m| errs.check(&format!("{p}.unsubscribe_mailto"), EmailAddress::parse(m)));
         if let Some(t) = self.soft_bounce_threshold
             && !(1..=100).contains(&t)
         {

@@ -272,7 +272,10 @@ async fn health_reads_the_server() {
 #[test]
 fn validate_names_the_bad_fields_and_fills_defaults() {
     let kind = courierx_providers::kind("postmark").unwrap();
-    assert_eq!(kind.secret_fields, ["server_token", "webhook_password", "webhook_header_value"]);
+    assert_eq!(
+        kind.secret_fields,
+        ["server_token", "webhook_password", "webhook_header_value"]
+    );
     let ok = (kind.validate)(&json!({"server_token": TOKEN})).unwrap();
     assert_eq!(
         ok,

@@ -70,7 +70,10 @@ const KEYS: &[(&str, &str)] = &[
     ("shutdown_grace_ms", "COURIERX_SHUTDOWN_GRACE_MS"),
     ("run_workers", "COURIERX_RUN_WORKERS"),
     ("public_url", "COURIERX_PUBLIC_URL"),
-    ("sns_allowed_url_prefixes", "COURIERX_SNS_ALLOWED_URL_PREFIXES"),
+    (
+        "sns_allowed_url_prefixes",
+        "COURIERX_SNS_ALLOWED_URL_PREFIXES",
+    ),
 ];
 
 /// Raw values by setting key, before parsing.

@@ -71,7 +71,9 @@ pub enum Outcome {
         run_at: Millis,
     },
     /// Every recipient is on the suppression list: nothing was sent, no provider was called.
-    Suppressed { job_id: String },
+    Suppressed {
+        job_id: String,
+    },
 }
 
 /// A recipient left out of a send because it is suppressed.
@@ -598,7 +600,10 @@ async fn record_one(tx: &mut Tx, r: &AttemptRecord) -> Result<()> {
                 &NewEvent {
                     recipient: Some(d.email.clone()),
                     provider_id: None,
-                    ..event(courierx_domain::EventType::Suppressed.as_str(), detail.clone())
+                    ..event(
+                        courierx_domain::EventType::Suppressed.as_str(),
+                        detail.clone(),
+                    )
                 },
             )
             .await?;

@@ -9,9 +9,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue as HttpHeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use courierx_domain::{
-    Category,
-    Attachment, HeaderName, HeaderValue, Mailbox, MessageId, MessageStatus, ProjectId, Sha256Hex,
-    ValidationErrors, now_ms,
+    Attachment, Category, HeaderName, HeaderValue, Mailbox, MessageId, MessageStatus, ProjectId,
+    Sha256Hex, ValidationErrors, now_ms,
 };
 use courierx_engine::accept::{IdempotencyClaim, ValidMessage};
 use courierx_engine::project_cache::ProjectSnapshot;

@@ -147,7 +147,11 @@ async fn list_suppressions(
         .await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next_cursor = if more { rows.last().map(cursor_of) } else { None };
+    let next_cursor = if more {
+        rows.last().map(cursor_of)
+    } else {
+        None
+    };
     Ok(axum::Json(SuppressionList {
         data: rows.into_iter().map(view).collect(),
         next_cursor,
@@ -198,11 +202,16 @@ async fn add_suppressions(
         let email = errs.check(&f("email"), EmailAddress::parse(&s.email));
         let reason = s.reason.clone().unwrap_or_else(|| "manual".into());
         if !REASONS.contains(&reason.as_str()) {
-            errs.add(f("reason"), format!("must be one of {}", REASONS.join(", ")));
+            errs.add(
+                f("reason"),
+                format!("must be one of {}", REASONS.join(", ")),
+            );
         }
         let scope = match s.category.as_deref() {
             None => Some(String::new()),
-            Some(c) => errs.check(&f("category"), Category::parse(c)).map(|c| c.to_string()),
+            Some(c) => errs
+                .check(&f("category"), Category::parse(c))
+                .map(|c| c.to_string()),
         };
         let expires_at = match s.expires_at.as_deref() {
             None => Some(None),

@@ -140,7 +140,9 @@ pub struct ProviderEvent {
 pub enum WebhookOutcome {
     Events(Vec<ProviderEvent>),
     /// An SNS `SubscriptionConfirmation` that was confirmed by visiting its `SubscribeURL`.
-    SubscriptionConfirmed { topic_arn: String },
+    SubscriptionConfirmed {
+        topic_arn: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +180,11 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Refuses a signed timestamp (ms) outside the tolerance window around `now`.
-pub fn check_timestamp(now: Millis, signed_at: Millis, tolerance: Millis) -> Result<(), WebhookError> {
+pub fn check_timestamp(
+    now: Millis,
+    signed_at: Millis,
+    tolerance: Millis,
+) -> Result<(), WebhookError> {
     if (now - signed_at).abs() > tolerance {
         return Err(WebhookError::Unauthorized(
             "timestamp outside the tolerance window (replayed or stale request)".into(),

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 both!(
     provider_events_move_status_forward_and_suppress,
     events_before_the_send_answer_apply_later,
-    suppression_api_and_categories
+    suppression_api_and_categories,
+    tracking_and_one_click_unsubscribe
 );
 
 const SECRET_BYTES: [u8; 32] = [7u8; 32];
@@ -31,7 +32,13 @@ struct Hook {
 
 impl Hook {
     /// Posts `body` signed as Resend (Svix) does: HMAC-SHA256 over `id.timestamp.body`.
-    async fn post(&self, app: &TestApp, svix_id: &str, ts: i64, body: &Value) -> (StatusCode, Value) {
+    async fn post(
+        &self,
+        app: &TestApp,
+        svix_id: &str,
+        ts: i64,
+        body: &Value,
+    ) -> (StatusCode, Value) {
         let raw = body.to_string();
         let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &SECRET_BYTES);
         let tag = aws_lc_rs::hmac::sign(&key, format!("{svix_id}.{ts}.{raw}").as_bytes());
@@ -129,7 +136,12 @@ async fn provider_events_move_status_forward_and_suppress(backend: Backend) {
     // Unsigned, wrongly signed and replayed requests: 401, nothing changes.
     let delivered = resend_event("email.delivered", &pmid, "bob@example.test", json!({}));
     let (s, v, _) = app
-        .call(Method::POST, &hook.url.replace(&app.base, ""), None, Some(delivered.clone()))
+        .call(
+            Method::POST,
+            &hook.url.replace(&app.base, ""),
+            None,
+            Some(delivered.clone()),
+        )
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     assert_error(&v, "unauthorized");
@@ -138,7 +150,10 @@ async fn provider_events_move_status_forward_and_suppress(backend: Backend) {
         .post(&hook.url)
         .header("svix-id", "msg_forged")
         .header("svix-timestamp", now_s().to_string())
-        .header("svix-signature", "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+        .header(
+            "svix-signature",
+            "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        )
         .body(delivered.to_string())
         .send()
         .await
@@ -152,7 +167,10 @@ async fn provider_events_move_status_forward_and_suppress(backend: Backend) {
     // Delivered, then the same event again (a provider retry): stored once.
     let (s, v) = hook.post(&app, "msg_1", now_s(), &delivered).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v, json!({"received": 1, "matched": 1, "pending": 0, "duplicates": 0}));
+    assert_eq!(
+        v,
+        json!({"received": 1, "matched": 1, "pending": 0, "duplicates": 0})
+    );
     let (s, v) = hook.post(&app, "msg_1", now_s(), &delivered).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["duplicates"], 1);
@@ -225,11 +243,21 @@ async fn provider_events_move_status_forward_and_suppress(backend: Backend) {
 
     // Release (audited): bob receives mail again.
     let (s, _, _) = app
-        .call(Method::DELETE, "/api/v1/suppressions/bob@example.test", Some(&t.key), None)
+        .call(
+            Method::DELETE,
+            "/api/v1/suppressions/bob@example.test",
+            Some(&t.key),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _, _) = app
-        .call(Method::DELETE, "/api/v1/suppressions/bob@example.test", Some(&t.key), None)
+        .call(
+            Method::DELETE,
+            "/api/v1/suppressions/bob@example.test",
+            Some(&t.key),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (_, audit) = app
@@ -257,7 +285,9 @@ async fn provider_events_move_status_forward_and_suppress(backend: Backend) {
             "bob@example.test",
             json!({"bounce": {"type": "Transient", "subType": "MailboxFull", "message": "452 mailbox full"}}),
         );
-        let (s, _) = hook.post(&app, &format!("msg_soft_{i}"), now_s(), &soft).await;
+        let (s, _) = hook
+            .post(&app, &format!("msg_soft_{i}"), now_s(), &soft)
+            .await;
         assert_eq!(s, StatusCode::OK);
     }
     let (_, list) = app.get("/api/v1/suppressions", &t.key).await;
@@ -269,7 +299,9 @@ async fn provider_events_move_status_forward_and_suppress(backend: Backend) {
         json!({"bounce": {"type": "Transient", "subType": "MailboxFull", "message": "452 mailbox full"}}),
     );
     hook.post(&app, "msg_soft_2", now_s(), &soft).await;
-    let (_, list) = app.get("/api/v1/suppressions?reason=soft_bounce", &t.key).await;
+    let (_, list) = app
+        .get("/api/v1/suppressions?reason=soft_bounce", &t.key)
+        .await;
     assert_eq!(list["data"][0]["email"], "bob@example.test", "{list}");
 
     // Another tenant cannot see or release this tenant's list, nor post to its hook by id.
@@ -277,7 +309,12 @@ async fn provider_events_move_status_forward_and_suppress(backend: Backend) {
     let (_, theirs) = app.get("/api/v1/suppressions", &other.key).await;
     assert_eq!(theirs["data"], json!([]));
     let (s, _, _) = app
-        .call(Method::DELETE, "/api/v1/suppressions/bob@example.test", Some(&other.key), None)
+        .call(
+            Method::DELETE,
+            "/api/v1/suppressions/bob@example.test",
+            Some(&other.key),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _, _) = app
@@ -305,7 +342,12 @@ async fn events_before_the_send_answer_apply_later(backend: Backend) {
     let hook = app.resend_default(&t, &fake).await;
     // The provider reports delivery before CourierX has recorded its answer.
     fake.set_next_id("re_early_1");
-    let early = resend_event("email.delivered", "re_early_1", "dave@example.test", json!({}));
+    let early = resend_event(
+        "email.delivered",
+        "re_early_1",
+        "dave@example.test",
+        json!({}),
+    );
     let (s, v) = hook.post(&app, "msg_early", now_s(), &early).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["pending"], 1);
@@ -318,7 +360,10 @@ async fn events_before_the_send_answer_apply_later(backend: Backend) {
             assert_eq!(m["recipients"][0]["status"], "delivered");
             break;
         }
-        assert!(Instant::now() < deadline, "pending event never applied: {m}");
+        assert!(
+            Instant::now() < deadline,
+            "pending event never applied: {m}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -351,7 +396,11 @@ async fn suppression_api_and_categories(backend: Backend) {
         .map(|i| json!({"email": format!("u{i}@example.test")}))
         .collect();
     let (s, _) = app
-        .post("/api/v1/suppressions", Some(&t.key), json!({"suppressions": too_many}))
+        .post(
+            "/api/v1/suppressions",
+            Some(&t.key),
+            json!({"suppressions": too_many}),
+        )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
 
@@ -379,7 +428,10 @@ async fn suppression_api_and_categories(backend: Backend) {
     assert_eq!(p1["data"][1]["category"], "marketing");
     let cursor = p1["next_cursor"].as_str().unwrap();
     let (_, p2) = app
-        .get(&format!("/api/v1/suppressions?limit=2&cursor={cursor}"), &t.key)
+        .get(
+            &format!("/api/v1/suppressions?limit=2&cursor={cursor}"),
+            &t.key,
+        )
         .await;
     assert_eq!(p2["data"][0]["email"], "temp@example.test");
     assert_eq!(p2["data"][0]["expires_at"], "2099-01-01T00:00:00.000Z");
@@ -407,7 +459,10 @@ async fn suppression_api_and_categories(backend: Backend) {
     );
     let csv = res.text().await.unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "email,category,reason,source_message_id,created_at,expires_at");
+    assert_eq!(
+        lines[0],
+        "email,category,reason,source_message_id,created_at,expires_at"
+    );
     assert_eq!(lines.len(), 4, "{csv}");
     assert!(lines[2].starts_with("news@example.test,marketing,unsubscribed,,"));
 
@@ -447,4 +502,180 @@ async fn suppression_api_and_categories(backend: Backend) {
     receipt["category"] = json!("receipts");
     let id = app.send(&t.key, receipt).await;
     app.wait_status(&t.key, &id, "suppressed").await;
+}
+
+/// The path of `url` from `marker` on (tests call the server at its real address whatever the
+/// configured public URL).
+fn path_from(url: &str, marker: &str) -> String {
+    let i = url
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} not in {url}"));
+    url[i..].to_string()
+}
+
+async fn tracking_and_one_click_unsubscribe(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |r| r.set("public_url", "https://mail.acme.test")).await;
+    let t = app.tenant("Acme").await;
+    app.settings(
+        &t,
+        json!({"track_opens": true, "track_clicks": true, "unsubscribe_mailto": "unsub@acme.test",
+               "categories": {"marketing": {"transactional": false}}}),
+    )
+    .await;
+    let html = "<html><body><p>Hi</p><a href=\"https://shop.example/a?x=1&amp;y=2\">Shop</a> \
+                <a href=\"mailto:help@acme.test\">Help</a></body></html>";
+    let id = app
+        .send(
+            &t.key,
+            json!({"from": "news@acme.test", "to": "reader@example.test", "subject": "Sale",
+                   "html": html, "category": "marketing"}),
+        )
+        .await;
+    app.wait_status(&t.key, &id, "sent").await;
+    let (_, sandbox) = app.get("/api/v1/sandbox/messages", &t.key).await;
+    let raw = sandbox["data"][0]["raw"].as_str().unwrap().to_string();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(raw.as_bytes())
+        .unwrap();
+    let body = parsed.body_html(0).unwrap().to_string();
+    assert!(body.contains("href=\"mailto:help@acme.test\""), "{body}");
+    assert!(
+        !body.contains("shop.example"),
+        "the link must be rewritten: {body}"
+    );
+    let click_url = body
+        .split("href=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    assert!(
+        click_url.starts_with("https://mail.acme.test/t/c/"),
+        "{click_url}"
+    );
+    let pixel = body
+        .split("src=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    assert!(pixel.starts_with("https://mail.acme.test/t/o/") && pixel.ends_with(".gif"));
+    let lu = parsed
+        .header_raw("List-Unsubscribe")
+        .unwrap()
+        .split_whitespace()
+        .collect::<String>();
+    assert!(lu.starts_with("<https://mail.acme.test/u/"), "{lu}");
+    assert!(
+        lu.contains(",<mailto:unsub@acme.test?subject=unsubscribe%20"),
+        "{lu}"
+    );
+    assert_eq!(
+        parsed.header_raw("List-Unsubscribe-Post").unwrap().trim(),
+        "List-Unsubscribe=One-Click"
+    );
+    let unsub_path = path_from(lu.trim_start_matches('<').split('>').next().unwrap(), "/u/");
+
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // The click redirects to the original URL only; a tampered token gets 404 and no Location.
+    let res = no_redirect
+        .get(format!("{}{}", app.base, path_from(&click_url, "/t/c/")))
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15 Safari/605.1.15",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FOUND);
+    assert_eq!(res.headers()["location"], "https://shop.example/a?x=1&y=2");
+    let mut tampered = path_from(&click_url, "/t/c/");
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let res = no_redirect
+        .get(format!("{}{tampered}?url=https://evil.example", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(res.headers().get("location").is_none());
+
+    let res = no_redirect
+        .get(format!("{}{}", app.base, path_from(&pixel, "/t/o/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "image/gif");
+    assert_eq!(res.bytes().await.unwrap().len(), 43);
+    let (_, m) = app.get(&format!("/api/v1/messages/{id}"), &t.key).await;
+    let events = m["events"].as_array().unwrap();
+    let clicked = events.iter().find(|e| e["type"] == "clicked").unwrap();
+    assert_eq!(clicked["detail"]["url"], "https://shop.example/a?x=1&y=2");
+    assert_eq!(clicked["recipient"], "reader@example.test");
+    let opened = events.iter().find(|e| e["type"] == "opened").unwrap();
+    // No user agent at all: flagged as machine-made, still recorded.
+    assert_eq!(opened["detail"]["machine"], true, "{opened}");
+    assert_eq!(events.iter().filter(|e| e["type"] == "clicked").count(), 1);
+
+    // The page changes nothing; the one-click POST unsubscribes with no page.
+    let res = no_redirect
+        .get(format!("{}{unsub_path}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("<html lang=\"en\">") && page.contains(">Unsubscribe</button>"),
+        "{page}"
+    );
+    let (_, list) = app.get("/api/v1/suppressions", &t.key).await;
+    assert_eq!(list["data"], json!([]));
+    let res = no_redirect
+        .post(format!("{}{unsub_path}", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.text().await.unwrap(), "");
+    let (_, list) = app.get("/api/v1/suppressions", &t.key).await;
+    assert_eq!(list["data"][0]["email"], "reader@example.test", "{list}");
+    assert_eq!(list["data"][0]["category"], "marketing");
+    assert_eq!(list["data"][0]["reason"], "unsubscribed");
+    let (_, audit) = app
+        .get("/api/v1/suppressions/reader@example.test/audit", &t.key)
+        .await;
+    assert_eq!(audit["data"][0]["actor"], "recipient");
+    let page = no_redirect
+        .get(format!("{}{unsub_path}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(">Resubscribe</button>"), "{page}");
+    let res = no_redirect
+        .post(format!("{}{unsub_path}", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("action=resubscribe")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (_, list) = app.get("/api/v1/suppressions", &t.key).await;
+    assert_eq!(list["data"], json!([]));
+    let res = no_redirect
+        .post(format!("{}/u/AAAA", app.base))
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
 }

@@ -78,7 +78,9 @@ async fn emails(
     match g.answer.unwrap_or(Answer::Ok) {
         Answer::Ok => (
             StatusCode::OK,
-            axum::Json(json!({"id": g.next_id.take().unwrap_or_else(|| uuid::Uuid::now_v7().to_string())})),
+            axum::Json(
+                json!({"id": g.next_id.take().unwrap_or_else(|| uuid::Uuid::now_v7().to_string())}),
+            ),
         ),
         Answer::Unavailable => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -113,6 +113,11 @@ async fn openapi_describes_the_api(backend: Backend) {
         "/api/v1/projects/{id}/templates/{slug}/versions",
         "/api/v1/projects/{id}/templates/{slug}/publish",
         "/api/v1/projects/{id}/templates/{slug}/preview",
+        "/api/v1/suppressions",
+        "/api/v1/suppressions/{email}",
+        "/api/v1/suppressions/{email}/audit",
+        "/api/v1/suppressions/export",
+        "/webhooks/providers/{provider_id}",
         "/health",
         "/ready",
         "/metrics",
@@ -130,6 +135,10 @@ async fn openapi_describes_the_api(backend: Backend) {
         "Resolution",
         "EmailSettings",
         "CircuitView",
+        "CategorySettings",
+        "SuppressionView",
+        "RecipientView",
+        "WebhookReceipt",
     ] {
         assert!(
             doc["components"]["schemas"][schema].is_object(),
