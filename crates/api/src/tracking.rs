@@ -13,7 +13,7 @@ use courierx_domain::{EventType, now_ms};
 use courierx_engine::events::Normalised;
 use courierx_engine::tracking::{self, ClickSource, OpenSource, Token};
 use courierx_store::messages::MessageRow;
-use courierx_store::suppressions::{NewSuppression, add_suppression, release_suppression};
+use courierx_store::suppressions::{NewSuppression, Release, add_suppression, release_suppression};
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -258,13 +258,15 @@ async fn unsubscribe(
         let mut tx = state.engine.db.begin().await?;
         release_suppression(
             &mut tx,
-            &u.row.tenant_id,
-            &u.row.project_id,
-            &u.email,
-            Some(&u.category),
-            "resubscribed",
-            "recipient",
-            now,
+            &Release {
+                tenant_id: &u.row.tenant_id,
+                project_id: &u.row.project_id,
+                email: &u.email,
+                scope: Some(&u.category),
+                reason: "resubscribed",
+                actor: "recipient",
+                at: now,
+            },
         )
         .await?;
         tx.commit().await?;

@@ -77,25 +77,39 @@ pub async fn add_suppression(tx: &mut Tx, s: &NewSuppression, replace: bool) -> 
     Ok(true)
 }
 
-/// Removes a suppression (in every scope when `scope` is `None`) and audits each removal.
-pub async fn release_suppression(
-    tx: &mut Tx,
-    tenant: &str,
-    project: &str,
-    email: &str,
-    scope: Option<&str>,
-    reason: &str,
-    actor: &str,
-    at: Millis,
-) -> Result<u64> {
-    let email = email.to_lowercase();
-    let email = email.as_str();
+/// A release of an address from the list.
+#[derive(Debug, Clone)]
+pub struct Release<'a> {
+    pub tenant_id: &'a str,
+    pub project_id: &'a str,
+    pub email: &'a str,
+    /// Only this scope; `None`: every entry of the address.
+    pub scope: Option<&'a str>,
+    pub reason: &'a str,
+    pub actor: &'a str,
+    pub at: Millis,
+}
+
+/// Removes suppressions and audits each removal; returns how many there were.
+pub async fn release_suppression(tx: &mut Tx, r: &Release<'_>) -> Result<u64> {
+    let email = r.email.to_lowercase();
     let scopes: Vec<String> = on_tx!(tx, c => sqlx::query_scalar::<_, String>(
         "DELETE FROM suppressions WHERE tenant_id = $1 AND project_id = $2 AND email = $3 AND ($4 IS NULL OR scope = $4)
          RETURNING scope")
-        .bind(tenant).bind(project).bind(email).bind(scope).fetch_all(&mut *c).await)?;
+        .bind(r.tenant_id).bind(r.project_id).bind(&email).bind(r.scope).fetch_all(&mut *c).await)?;
     for s in &scopes {
-        audit(tx, tenant, project, email, s, "released", reason, actor, at).await?;
+        audit(
+            tx,
+            r.tenant_id,
+            r.project_id,
+            &email,
+            s,
+            "released",
+            r.reason,
+            r.actor,
+            r.at,
+        )
+        .await?;
     }
     Ok(scopes.len() as u64)
 }

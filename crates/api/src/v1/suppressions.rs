@@ -10,7 +10,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use courierx_domain::{Category, EmailAddress, ValidationErrors, now_ms};
 use courierx_store::suppressions::{
-    NewSuppression, SuppressionFilter, SuppressionRow, add_suppression, release_suppression,
+    NewSuppression, Release, SuppressionFilter, SuppressionRow, add_suppression,
+    release_suppression,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -276,15 +277,22 @@ async fn release(
         Some(c) => Some(Category::parse(c).map_err(|m| ApiError::field("category", m))?),
     };
     let mut tx = state.engine.db.begin().await?;
+    let (tenant, project, actor) = (
+        ctx.tenant.to_string(),
+        ctx.project.to_string(),
+        format!("api_key:{}", ctx.key),
+    );
     let n = release_suppression(
         &mut tx,
-        &ctx.tenant.to_string(),
-        &ctx.project.to_string(),
-        email.as_str(),
-        category.as_ref().map(|c| c.as_str()),
-        "released",
-        &format!("api_key:{}", ctx.key),
-        now_ms(),
+        &Release {
+            tenant_id: &tenant,
+            project_id: &project,
+            email: email.as_str(),
+            scope: category.as_ref().map(|c| c.as_str()),
+            reason: "released",
+            actor: &actor,
+            at: now_ms(),
+        },
     )
     .await?;
     if n == 0 {
