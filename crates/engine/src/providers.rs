@@ -57,12 +57,27 @@ pub fn full_config(row: &ProviderRow, secrets: &SecretBox) -> Result<Value, Prov
 }
 
 /// The config as shown to users: public fields, with every secret field that is set masked.
-pub fn masked_config(row: &ProviderRow) -> Value {
+/// Optional secrets that are not set stay absent, so the view says which are configured.
+pub fn masked_config(row: &ProviderRow, secrets: &SecretBox) -> Value {
     let mut cfg: Map<String, Value> = serde_json::from_str(&row.config_public).unwrap_or_default();
-    if let Some(kind) = courierx_providers::kind(&row.kind)
-        && row.secret_ciphertext.is_some()
-    {
-        for f in kind.secret_fields {
+    let Some(kind) = courierx_providers::kind(&row.kind) else {
+        return Value::Object(cfg);
+    };
+    let set: Option<Map<String, Value>> = row.secret_ciphertext.as_ref().map(|sealed| {
+        secrets
+            .open(sealed)
+            .ok()
+            .and_then(|plain| serde_json::from_slice(&plain).ok())
+            // Undecryptable (wrong key): mask every secret field rather than guess.
+            .unwrap_or_else(|| {
+                kind.secret_fields
+                    .iter()
+                    .map(|f| ((*f).to_string(), Value::Null))
+                    .collect()
+            })
+    });
+    for f in kind.secret_fields {
+        if set.as_ref().is_some_and(|s| s.contains_key(*f)) {
             cfg.insert((*f).to_string(), Value::String(MASK.into()));
         }
     }

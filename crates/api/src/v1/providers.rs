@@ -7,7 +7,7 @@ use crate::v1::{clean_name, path_id, rfc3339};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use courierx_domain::{ProviderId, Role, ValidationErrors, now_ms};
-use courierx_engine::breaker::{BreakerConfig, Breakers, CircuitView};
+use courierx_engine::breaker::{BreakerConfig, CircuitView};
 use courierx_engine::providers::{full_config, masked_config, merge_patch, split_secrets};
 use courierx_engine::settings::ProviderOptions;
 use courierx_store::providers::ProviderRow;
@@ -44,16 +44,16 @@ pub struct ProviderView {
 }
 
 impl ProviderView {
-    fn of(r: &ProviderRow, breakers: &Breakers) -> Self {
+    fn of(r: &ProviderRow, engine: &courierx_engine::Engine) -> Self {
         let options: ProviderOptions = serde_json::from_str(&r.options).unwrap_or_default();
         Self {
             id: r.id.clone(),
             name: r.name.clone(),
             kind: r.kind.clone(),
-            config: masked_config(r),
+            config: masked_config(r, &engine.secrets),
             rate_per_second: options.rate_per_second,
             circuit_breaker: options.circuit_breaker,
-            circuit: breakers.view(&r.id),
+            circuit: engine.breakers.view(&r.id),
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
         }
@@ -184,7 +184,7 @@ async fn create_provider(
     state.engine.routing_changed();
     Ok((
         StatusCode::CREATED,
-        axum::Json(ProviderView::of(&row, &state.engine.breakers)),
+        axum::Json(ProviderView::of(&row, &state.engine)),
     ))
 }
 
@@ -198,7 +198,7 @@ async fn list_providers(
     Ok(axum::Json(ProviderList {
         data: rows
             .iter()
-            .map(|r| ProviderView::of(r, &state.engine.breakers))
+            .map(|r| ProviderView::of(r, &state.engine))
             .collect(),
     }))
 }
@@ -222,7 +222,7 @@ async fn get_provider(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<ProviderView>> {
     let row = load(&state, &ctx, &id).await?;
-    Ok(axum::Json(ProviderView::of(&row, &state.engine.breakers)))
+    Ok(axum::Json(ProviderView::of(&row, &state.engine)))
 }
 
 /// Change a provider's name or settings.
@@ -275,7 +275,7 @@ async fn update_provider(
         return Err(ApiError::not_found("provider"));
     }
     state.engine.routing_changed();
-    Ok(axum::Json(ProviderView::of(&row, &state.engine.breakers)))
+    Ok(axum::Json(ProviderView::of(&row, &state.engine)))
 }
 
 /// Delete a provider. A provider that a project uses by default answers 409.
