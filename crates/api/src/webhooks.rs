@@ -79,7 +79,7 @@ async fn provider_webhook(
             }
         }
     })?;
-    let events = match outcome {
+    let (events, nonce) = match outcome {
         WebhookOutcome::SubscriptionConfirmed { topic_arn } => {
             return Ok(axum::Json(WebhookReceipt {
                 received: 0,
@@ -89,12 +89,24 @@ async fn provider_webhook(
                 subscription_confirmed: Some(topic_arn),
             }));
         }
-        WebhookOutcome::Events(events) => events,
+        WebhookOutcome::Events(events) => (events, None),
+        WebhookOutcome::SingleUse { nonce, events } => (events, Some(nonce)),
     };
     let sum = state
         .engine
-        .apply_provider_events(&row.tenant_id, &row.id, &row.kind, &events)
-        .await?;
+        .apply_provider_events(
+            &row.tenant_id,
+            &row.id,
+            &row.kind,
+            &events,
+            nonce.as_deref(),
+        )
+        .await?
+        .ok_or_else(|| {
+            metrics::counter!("courierx_webhook_rejected_total", "provider" => row.kind.clone())
+                .increment(1);
+            ApiError::unauthorized("this signed request was already used (replay)")
+        })?;
     Ok(axum::Json(WebhookReceipt {
         received: sum.received,
         matched: sum.matched,

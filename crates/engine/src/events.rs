@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 
 /// Events for messages not (yet) known are kept this long, then dropped.
 pub const UNMATCHED_RETENTION_MS: Millis = 7 * 24 * 3_600_000;
+/// Single-use webhook tokens are remembered well past any timestamp tolerance.
+pub const NONCE_RETENTION_MS: Millis = 24 * 3_600_000;
 /// Soft bounces count towards suppression within this window.
 pub const SOFT_BOUNCE_WINDOW_MS: Millis = 7 * 24 * 3_600_000;
 
@@ -112,19 +114,27 @@ fn event_type(name: &str) -> Option<EventType> {
 
 impl Engine {
     /// Stores a provider's verified events and applies those whose message is known.
+    /// With `nonce` (a single-use request token), a token already seen is a replay: `None`,
+    /// and nothing is written.
     pub async fn apply_provider_events(
         &self,
         tenant: &str,
         provider_id: &str,
         provider_type: &str,
         events: &[ProviderEvent],
-    ) -> Result<ApplySummary, StoreError> {
+        nonce: Option<&str>,
+    ) -> Result<Option<ApplySummary>, StoreError> {
         let now = now_ms();
         let mut sum = ApplySummary {
             received: events.len(),
             ..Default::default()
         };
         let mut tx = self.db.begin().await?;
+        if let Some(n) = nonce
+            && !pe::claim_nonce(&mut tx, provider_id, n, now).await?
+        {
+            return Ok(None);
+        }
         for ev in events {
             let n = Normalised::from_provider(ev);
             let stored = pe::insert_provider_event(
@@ -160,7 +170,7 @@ impl Engine {
             }
         }
         tx.commit().await?;
-        Ok(sum)
+        Ok(Some(sum))
     }
 
     /// Applies stored events whose message has appeared since (an event can arrive before the
@@ -204,6 +214,7 @@ impl Engine {
         self.db
             .purge_unmatched_events(now - UNMATCHED_RETENTION_MS)
             .await?;
+        self.db.purge_nonces(now - NONCE_RETENTION_MS).await?;
         Ok(applied)
     }
 

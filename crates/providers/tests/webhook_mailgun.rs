@@ -71,7 +71,7 @@ async fn one_event(account: &Account, event_data: &Value) -> ProviderEvent {
         .await
         .unwrap()
     {
-        WebhookOutcome::Events(mut e) if e.len() == 1 => e.remove(0),
+        WebhookOutcome::SingleUse { events: mut e, .. } if e.len() == 1 => e.remove(0),
         other => panic!("expected one event, got {other:?}"),
     }
 }
@@ -342,7 +342,7 @@ async fn complaints_and_unsubscribes_map_and_the_rest_is_skipped() {
     for skipped in ["accepted", "rejected", "stored", "list_member_uploaded"] {
         let body = account.body(NOW_SECS, &engagement(skipped));
         match call(&account.config(), &body).await.unwrap() {
-            WebhookOutcome::Events(e) => assert!(e.is_empty(), "{skipped}"),
+            WebhookOutcome::SingleUse { events: e, .. } => assert!(e.is_empty(), "{skipped}"),
             other => panic!("{other:?}"),
         }
     }

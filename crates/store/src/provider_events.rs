@@ -68,6 +68,15 @@ pub async fn insert_provider_event(tx: &mut Tx, e: &NewProviderEvent) -> Result<
     Ok((n == 1).then_some(id))
 }
 
+/// Records a single-use webhook token; false when it was already used (a replay).
+pub async fn claim_nonce(tx: &mut Tx, provider_id: &str, nonce: &str, at: Millis) -> Result<bool> {
+    let n = on_tx!(tx, c => sqlx::query(
+        "INSERT INTO webhook_nonces (provider_id, nonce, received_at) VALUES ($1, $2, $3)
+         ON CONFLICT (provider_id, nonce) DO NOTHING")
+        .bind(provider_id).bind(nonce).bind(at).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(n == 1)
+}
+
 /// The tenant's message a provider accepted under `provider_message_id`.
 pub async fn find_target(
     tx: &mut Tx,
@@ -165,6 +174,14 @@ impl Db {
         Ok(
             on!(self, p => sqlx::query_as::<_, ProviderEventRow>(sqlx::AssertSqlSafe(sql))
             .bind(limit).fetch_all(p).await)?,
+        )
+    }
+
+    /// Forgets single-use tokens older than any signature could still be accepted.
+    pub async fn purge_nonces(&self, received_before: Millis) -> Result<u64> {
+        Ok(
+            on!(self, p => sqlx::query("DELETE FROM webhook_nonces WHERE received_at < $1")
+            .bind(received_before).execute(p).await.map(|r| r.rows_affected()))?,
         )
     }
 

@@ -40,6 +40,10 @@ pub fn parse<'a>(
             )
         })?;
         let signed_at = verify(key.trim(), &body["signature"], req.now)?;
+        let nonce = body["signature"]["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let data = &body["event-data"];
         if !data.is_object() {
             return Err(WebhookError::Malformed(
@@ -47,9 +51,10 @@ pub fn parse<'a>(
                     .into(),
             ));
         }
-        Ok(WebhookOutcome::Events(
-            event(data, signed_at).into_iter().collect(),
-        ))
+        Ok(WebhookOutcome::SingleUse {
+            nonce,
+            events: event(data, signed_at).into_iter().collect(),
+        })
     })
 }
 

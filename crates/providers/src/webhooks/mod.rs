@@ -139,6 +139,13 @@ pub struct ProviderEvent {
 #[derive(Debug)]
 pub enum WebhookOutcome {
     Events(Vec<ProviderEvent>),
+    /// Events from a provider whose signature does not cover the body (Mailgun signs only
+    /// timestamp + token): the caller must accept `nonce` once, or a captured signature could
+    /// carry forged events within the tolerance window.
+    SingleUse {
+        nonce: String,
+        events: Vec<ProviderEvent>,
+    },
     /// An SNS `SubscriptionConfirmation` that was confirmed by visiting its `SubscribeURL`.
     SubscriptionConfirmed {
         topic_arn: String,

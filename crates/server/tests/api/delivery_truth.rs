@@ -14,7 +14,8 @@ both!(
     provider_events_move_status_forward_and_suppress,
     events_before_the_send_answer_apply_later,
     suppression_api_and_categories,
-    tracking_and_one_click_unsubscribe
+    tracking_and_one_click_unsubscribe,
+    mailgun_signatures_are_single_use
 );
 
 const SECRET_BYTES: [u8; 32] = [7u8; 32];
@@ -678,4 +679,42 @@ async fn tracking_and_one_click_unsubscribe(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+/// Mailgun signs only timestamp + token: the same signature with another body is a replay.
+async fn mailgun_signatures_are_single_use(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let t = app.tenant("Acme").await;
+    let signing_key = "key-0123456789abcdef0123456789abcdef";
+    let (s, v) = app
+        .post(
+            "/api/v1/providers",
+            Some(&t.session.access),
+            json!({"name": "Mailgun", "type": "mailgun", "config": {
+                "domain": "mg.acme.test", "api_key": "0123456789abcdef0123456789abcdef-1b2c3d4e-5f6a7b8c",
+                "base_url": "http://127.0.0.1:9", "webhook_signing_key": signing_key}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let url = format!("/webhooks/providers/{}", v["id"].as_str().unwrap());
+    let ts = now_s().to_string();
+    let token = "c2d8ecbb8a1e4b3a9f0d3c5b7a6e1f20c2d8ecbb8a1e4b3a9f";
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, signing_key.as_bytes());
+    let sig = hex::encode(aws_lc_rs::hmac::sign(&key, format!("{ts}{token}").as_bytes()).as_ref());
+    let body = |event: &str, id: &str| {
+        json!({
+            "signature": {"timestamp": ts, "token": token, "signature": sig},
+            "event-data": {"event": event, "id": id, "timestamp": now_s() as f64,
+                "recipient": "alice@example.test",
+                "message": {"headers": {"message-id": "20261123.abc@mg.acme.test"}},
+                "severity": "permanent",
+                "delivery-status": {"code": 550, "message": "5.1.1 user unknown", "description": ""}}
+        })
+    };
+    let (s, v) = app.post(&url, None, body("delivered", "evt-1")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["pending"], 1);
+    let (s, v) = app.post(&url, None, body("failed", "evt-2")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert_error(&v, "unauthorized");
 }

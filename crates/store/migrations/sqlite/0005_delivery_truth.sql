@@ -63,3 +63,12 @@ CREATE INDEX suppression_audit_email ON suppression_audit (tenant_id, project_id
 
 -- The sending category (e.g. `marketing`); non-transactional ones carry List-Unsubscribe.
 ALTER TABLE messages ADD COLUMN category TEXT;
+
+-- Single-use webhook tokens (Mailgun signs timestamp + token, not the body): a token seen
+-- twice is a replay.
+CREATE TABLE webhook_nonces (
+    provider_id TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    received_at BIGINT NOT NULL,
+    PRIMARY KEY (provider_id, nonce)
+);
