@@ -10,9 +10,8 @@
 //! inside it are harmless because `event-data.id` deduplicates them.
 
 use super::{
-    BounceType, EventKind, InboundWebhook, ProviderEvent, TIMESTAMP_TOLERANCE_MS, WebhookContext,
-    WebhookError, WebhookFuture, WebhookOutcome, check_timestamp, ct_eq, derived_event_id,
-    recipient,
+    BounceType, EventKind, InboundWebhook, ProviderEvent, WebhookContext, WebhookError,
+    WebhookFuture, WebhookOutcome, ct_eq, derived_event_id, recipient, signed_seconds,
 };
 use aws_lc_rs::hmac;
 use courierx_domain::Millis;
@@ -86,16 +85,7 @@ fn verify(key: &str, sig: &Value, now: Millis) -> Result<Millis, WebhookError> {
             "mailgun: the signature does not match the webhook signing key".into(),
         ));
     }
-    let signed_at = timestamp
-        .trim()
-        .parse::<i64>()
-        .ok()
-        .and_then(|s| s.checked_mul(1000))
-        .ok_or_else(|| {
-            WebhookError::Unauthorized("mailgun: the timestamp is not unix seconds".into())
-        })?;
-    check_timestamp(now, signed_at, TIMESTAMP_TOLERANCE_MS)?;
-    Ok(signed_at)
+    signed_seconds(now, &timestamp, "mailgun: the timestamp")
 }
 
 /// The event, or `None` for events with no CourierX meaning or no message to attach to.

@@ -200,6 +200,31 @@ pub fn check_timestamp(
     Ok(())
 }
 
+/// A signed unix-seconds timestamp (`what` names it in the error), checked against the
+/// tolerance window; returned in ms.
+pub fn signed_seconds(now: Millis, s: &str, what: &str) -> Result<Millis, WebhookError> {
+    let at = s
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|s| s.checked_mul(1000))
+        .ok_or_else(|| WebhookError::Unauthorized(format!("{what} is not unix seconds")))?;
+    check_timestamp(now, at, TIMESTAMP_TOLERANCE_MS)?;
+    Ok(at)
+}
+
+/// An RFC 3339 time (any fraction, `Z` or an offset) in ms.
+pub fn rfc3339_ms(s: &str) -> Option<Millis> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// A JSON string, trimmed, unless empty.
+pub fn text(v: &Value) -> Option<&str> {
+    v.as_str().map(str::trim).filter(|s| !s.is_empty())
+}
+
 /// A stable event id from identifying fields, for providers that give none.
 pub fn derived_event_id(parts: &[&str]) -> String {
     let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);

@@ -11,10 +11,9 @@
 
 use super::{
     BounceType, EventKind, InboundWebhook, ProviderEvent, WebhookContext, WebhookError,
-    WebhookFuture, WebhookOutcome, ct_eq, derived_event_id, header, recipient,
+    WebhookFuture, WebhookOutcome, ct_eq, derived_event_id, header, recipient, rfc3339_ms, text,
 };
 use base64::Engine;
-use courierx_domain::Millis;
 use serde_json::Value;
 
 /// Verifies a Postmark webhook call and normalises its record.
@@ -139,17 +138,6 @@ fn bounce_meaning(kind: &str) -> BounceMeaning {
     }
 }
 
-/// Postmark's ISO 8601 timestamps (up to 7 fractional digits, `Z` or an offset) in ms.
-fn millis(s: &str) -> Option<Millis> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.timestamp_millis())
-}
-
-fn text(v: &Value) -> Option<&str> {
-    v.as_str().map(str::trim).filter(|s| !s.is_empty())
-}
-
 /// The record as a CourierX event, or `None` for records without CourierX meaning.
 fn normalise(r: &Value) -> Result<Option<ProviderEvent>, WebhookError> {
     // Inbound-message webhooks carry no RecordType: nothing for delivery tracking.
@@ -220,7 +208,7 @@ fn normalise(r: &Value) -> Result<Option<ProviderEvent>, WebhookError> {
     let when = text(&r[time_field]).ok_or_else(|| {
         WebhookError::Malformed(format!("postmark {record_type} record has no {time_field}"))
     })?;
-    let occurred_at = millis(when).ok_or_else(|| {
+    let occurred_at = rfc3339_ms(when).ok_or_else(|| {
         WebhookError::Malformed(format!(
             "postmark {record_type} {time_field} is not an ISO 8601 time: {when}"
         ))
@@ -299,14 +287,14 @@ mod tests {
     #[test]
     fn timestamps_with_seven_fraction_digits_and_offsets_parse() {
         assert_eq!(
-            millis("2019-11-05T16:33:54.9070259Z"),
+            rfc3339_ms("2019-11-05T16:33:54.9070259Z"),
             Some(1_572_971_634_907)
         );
         assert_eq!(
-            millis("2014-08-01T13:28:10.2735393-04:00"),
+            rfc3339_ms("2014-08-01T13:28:10.2735393-04:00"),
             Some(1_406_914_090_273)
         );
-        assert_eq!(millis("yesterday"), None);
+        assert_eq!(rfc3339_ms("yesterday"), None);
     }
 
     #[test]

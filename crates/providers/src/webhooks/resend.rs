@@ -6,13 +6,12 @@
 //! `{"type", "created_at", "data": {"email_id", "to": [...], "bounce"?, "click"?, ...}}`.
 
 use super::{
-    BounceType, EventKind, InboundWebhook, ProviderEvent, TIMESTAMP_TOLERANCE_MS, WebhookContext,
-    WebhookError, WebhookFuture, WebhookOutcome, check_timestamp, ct_eq, header, recipient,
+    BounceType, EventKind, InboundWebhook, ProviderEvent, WebhookContext, WebhookError,
+    WebhookFuture, WebhookOutcome, ct_eq, header, recipient, rfc3339_ms, signed_seconds, text,
 };
 use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use courierx_domain::Millis;
 use serde_json::Value;
 
 const PREFIX: &str = "whsec_";
@@ -71,13 +70,7 @@ fn verify<'a>(key: &[u8], req: &'a InboundWebhook<'a>) -> Result<&'a str, Webhoo
     let id = header(req, "svix-id").ok_or_else(|| missing("svix-id"))?;
     let ts = header(req, "svix-timestamp").ok_or_else(|| missing("svix-timestamp"))?;
     let sigs = header(req, "svix-signature").ok_or_else(|| missing("svix-signature"))?;
-    let signed_at = ts
-        .trim()
-        .parse::<Millis>()
-        .ok()
-        .and_then(|s| s.checked_mul(1000))
-        .ok_or_else(|| WebhookError::Unauthorized("svix-timestamp is not unix seconds".into()))?;
-    check_timestamp(req.now, signed_at, TIMESTAMP_TOLERANCE_MS)?;
+    signed_seconds(req.now, ts, "svix-timestamp")?;
     let mut ctx = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key));
     ctx.update(id.as_bytes());
     ctx.update(b".");
@@ -108,17 +101,6 @@ fn bounce_type(kind: Option<&str>) -> BounceType {
         None | Some("Permanent") => BounceType::Hard,
         Some(_) => BounceType::Soft,
     }
-}
-
-/// ISO 8601 (`2024-11-22T23:41:12.126Z`) in ms.
-fn millis(s: &str) -> Option<Millis> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.timestamp_millis())
-}
-
-fn text(v: &Value) -> Option<&str> {
-    v.as_str().map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// The event kind, or `None` for types with no CourierX meaning:
@@ -196,7 +178,7 @@ fn normalise(svix_id: &str, event: &Value) -> Result<Vec<ProviderEvent>, Webhook
         .filter(|_| matches!(kind, EventKind::Clicked { .. }))
         .or_else(|| text(&event["created_at"]))
         .ok_or_else(|| WebhookError::Malformed("resend event has no created_at".into()))?;
-    let occurred_at = millis(when).ok_or_else(|| {
+    let occurred_at = rfc3339_ms(when).ok_or_else(|| {
         WebhookError::Malformed(format!("resend created_at is not an ISO 8601 time: {when}"))
     })?;
     let to: Vec<&str> = data["to"]

@@ -8,9 +8,8 @@
 //! deduplication) and `sg_message_id` (the `X-Message-Id` of the send plus a `.filter…` suffix).
 
 use super::{
-    BounceType, EventKind, InboundWebhook, ProviderEvent, TIMESTAMP_TOLERANCE_MS, WebhookContext,
-    WebhookError, WebhookFuture, WebhookOutcome, check_timestamp, derived_event_id, header,
-    recipient,
+    BounceType, EventKind, InboundWebhook, ProviderEvent, WebhookContext, WebhookError,
+    WebhookFuture, WebhookOutcome, derived_event_id, header, recipient, signed_seconds,
 };
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ParsedPublicKey, UnparsedPublicKey};
 use base64::Engine;
@@ -105,14 +104,7 @@ fn verify(config: &Value, req: &InboundWebhook<'_>) -> Result<Millis, WebhookErr
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &point)
         .verify(&signed, &signature)
         .map_err(|_| WebhookError::Unauthorized("the SendGrid signature does not verify".into()))?;
-    let signed_at = timestamp
-        .trim()
-        .parse::<i64>()
-        .ok()
-        .and_then(|s| s.checked_mul(1000))
-        .ok_or_else(|| WebhookError::Unauthorized("the timestamp is not unix seconds".into()))?;
-    check_timestamp(req.now, signed_at, TIMESTAMP_TOLERANCE_MS)?;
-    Ok(signed_at)
+    signed_seconds(req.now, timestamp, "the timestamp")
 }
 
 /// Normalises the event array. `signed_at` stands in for an event without a readable time.
