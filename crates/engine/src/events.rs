@@ -173,11 +173,13 @@ impl Engine {
         Ok(Some(sum))
     }
 
-    /// Applies stored events whose message has appeared since (an event can arrive before the
-    /// send's answer is recorded) and forgets those that never found one.
-    pub async fn reconcile_events(&self) -> Result<usize, StoreError> {
+    /// Applies stored events received since `since` whose message has appeared since (an event
+    /// can arrive before the send's answer is recorded) and forgets those that never found one.
+    /// Frequent calls look at a recent window only, so a provider reporting on mail CourierX
+    /// did not send (a shared account) costs little; an occasional full sweep covers the rest.
+    pub async fn reconcile_events(&self, since: Millis) -> Result<usize, StoreError> {
         let now = now_ms();
-        let rows = self.db.matchable_events(500).await?;
+        let rows = self.db.matchable_events(since, 500).await?;
         let mut applied = 0;
         for row in rows {
             let Some(kind) = event_type(&row.kind) else {

@@ -131,12 +131,18 @@ fn spawn_housekeeping(engine: Arc<Engine>) {
     drop(engine);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
-        loop {
+        for round in 0u64.. {
             tick.tick().await;
             let Some(engine) = weak.upgrade() else {
                 break;
             };
-            if let Err(e) = engine.reconcile_events().await {
+            // The send race lasts seconds: look back 15 minutes, and everything every 10.
+            let since = if round % 300 == 0 {
+                0
+            } else {
+                courierx_domain::now_ms() - 15 * 60_000
+            };
+            if let Err(e) = engine.reconcile_events(since).await {
                 tracing::warn!(error = %e, "applying pending provider events failed");
             }
         }

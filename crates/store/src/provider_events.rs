@@ -158,10 +158,15 @@ pub async fn count_soft_bounces(
 }
 
 impl Db {
-    /// Stored events whose message has appeared since, oldest first.
-    pub async fn matchable_events(&self, limit: i64) -> Result<Vec<ProviderEventRow>> {
+    /// Stored events (received at or after `since`) whose message has appeared since, oldest
+    /// first.
+    pub async fn matchable_events(
+        &self,
+        since: Millis,
+        limit: i64,
+    ) -> Result<Vec<ProviderEventRow>> {
         let sql = format!(
-            "SELECT {} FROM provider_events e WHERE e.message_id IS NULL AND EXISTS (
+            "SELECT {} FROM provider_events e WHERE e.message_id IS NULL AND e.received_at >= $2 AND EXISTS (
                 SELECT 1 FROM messages m WHERE m.provider_message_id = e.provider_message_id
                   AND m.tenant_id = e.tenant_id AND m.provider_id = e.provider_id)
              ORDER BY e.received_at LIMIT $1",
@@ -173,7 +178,7 @@ impl Db {
         );
         Ok(
             on!(self, p => sqlx::query_as::<_, ProviderEventRow>(sqlx::AssertSqlSafe(sql))
-            .bind(limit).fetch_all(p).await)?,
+            .bind(limit).bind(since).fetch_all(p).await)?,
         )
     }
 
