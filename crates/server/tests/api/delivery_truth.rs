@@ -93,15 +93,7 @@ impl TestApp {
         assert_eq!(s, StatusCode::CREATED, "create provider: {v}");
         assert_eq!(v["config"]["webhook_signing_key"], "********");
         let pid = v["id"].as_str().unwrap().to_string();
-        let (s, v, _) = self
-            .call(
-                Method::PATCH,
-                &format!("/api/v1/projects/{}", t.project_id),
-                Some(&t.session.access),
-                Some(json!({"default_provider_id": pid})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
+        self.set_default_provider(t, &pid).await;
         Hook {
             url: format!("{}/webhooks/providers/{pid}", self.base),
         }

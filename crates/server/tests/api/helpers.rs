@@ -326,16 +326,21 @@ impl TestApp {
             .await;
         assert_eq!(s, StatusCode::CREATED, "create provider: {v}");
         let pid = v["id"].as_str().unwrap().to_string();
+        self.set_default_provider(t, &pid).await;
+        pid
+    }
+
+    /// Makes `provider_id` the project's default provider.
+    pub async fn set_default_provider(&self, t: &Tenant, provider_id: &str) {
         let (s, v, _) = self
             .call(
                 Method::PATCH,
                 &format!("/api/v1/projects/{}", t.project_id),
                 Some(&t.session.access),
-                Some(json!({"default_provider_id": pid})),
+                Some(json!({"default_provider_id": provider_id})),
             )
             .await;
         assert_eq!(s, StatusCode::OK, "set default provider: {v}");
-        pid
     }
 }
 
