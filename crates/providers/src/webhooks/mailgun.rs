@@ -11,7 +11,7 @@
 
 use super::{
     BounceType, EventKind, InboundWebhook, ProviderEvent, WebhookContext, WebhookError,
-    WebhookFuture, WebhookOutcome, ct_eq, derived_event_id, recipient, signed_seconds,
+    WebhookFuture, WebhookOutcome, ct_eq, derived_event_id, recipient, signed_seconds, signing_key,
 };
 use aws_lc_rs::hmac;
 use courierx_domain::Millis;
@@ -23,14 +23,7 @@ pub fn parse<'a>(
     _ctx: &'a WebhookContext,
 ) -> WebhookFuture<'a> {
     Box::pin(async move {
-        let key = config["webhook_signing_key"]
-            .as_str()
-            .filter(|k| !k.trim().is_empty())
-            .ok_or_else(|| {
-                WebhookError::NotConfigured(
-                    "mailgun: no webhook_signing_key (HTTP webhook signing key) configured".into(),
-                )
-            })?;
+        let key = signing_key(config, "mailgun", "HTTP webhook signing key")?;
         // The signature travels inside the JSON, so the envelope must be read first; nothing in
         // `event-data` is looked at until it verifies.
         let body: Value = serde_json::from_slice(req.body).map_err(|_| {

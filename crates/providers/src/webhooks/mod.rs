@@ -176,6 +176,22 @@ pub type WebhookFuture<'a> =
 pub type WebhookFn =
     for<'a> fn(&'a Value, &'a InboundWebhook<'a>, &'a WebhookContext) -> WebhookFuture<'a>;
 
+/// The provider's configured `webhook_signing_key`; `what` says where the provider shows it.
+pub fn signing_key<'a>(
+    config: &'a Value,
+    provider: &str,
+    what: &str,
+) -> Result<&'a str, WebhookError> {
+    config["webhook_signing_key"]
+        .as_str()
+        .filter(|k| !k.trim().is_empty())
+        .ok_or_else(|| {
+            WebhookError::NotConfigured(format!(
+                "{provider}: no webhook_signing_key ({what}) configured"
+            ))
+        })
+}
+
 /// Case-insensitive header as a string, if present and valid UTF-8.
 pub fn header<'a>(req: &'a InboundWebhook<'_>, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())

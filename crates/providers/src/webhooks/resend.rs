@@ -7,7 +7,8 @@
 
 use super::{
     BounceType, EventKind, InboundWebhook, ProviderEvent, WebhookContext, WebhookError,
-    WebhookFuture, WebhookOutcome, ct_eq, header, recipient, rfc3339_ms, signed_seconds, text,
+    WebhookFuture, WebhookOutcome, ct_eq, header, recipient, rfc3339_ms, signed_seconds,
+    signing_key, text,
 };
 use aws_lc_rs::hmac;
 use base64::Engine;
@@ -48,12 +49,7 @@ pub fn parse<'a>(
     _ctx: &'a WebhookContext,
 ) -> WebhookFuture<'a> {
     Box::pin(async move {
-        let key = config["webhook_signing_key"]
-            .as_str()
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                WebhookError::NotConfigured("resend webhook_signing_key is not configured".into())
-            })?;
+        let key = signing_key(config, "resend", "the endpoint's signing secret, whsec_…")?;
         let key = decode_key(key)
             .map_err(|e| WebhookError::NotConfigured(format!("resend webhook_signing_key {e}")))?;
         let svix_id = verify(&key, req)?;

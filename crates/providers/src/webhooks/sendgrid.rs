@@ -10,6 +10,7 @@
 use super::{
     BounceType, EventKind, InboundWebhook, ProviderEvent, WebhookContext, WebhookError,
     WebhookFuture, WebhookOutcome, derived_event_id, header, recipient, signed_seconds,
+    signing_key,
 };
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ParsedPublicKey, UnparsedPublicKey};
 use base64::Engine;
@@ -76,15 +77,7 @@ pub fn parse<'a>(
 
 /// Checks the signature and then the timestamp's freshness; returns the signed time (ms).
 fn verify(config: &Value, req: &InboundWebhook<'_>) -> Result<Millis, WebhookError> {
-    let key = config["webhook_signing_key"]
-        .as_str()
-        .filter(|k| !k.trim().is_empty())
-        .ok_or_else(|| {
-            WebhookError::NotConfigured(
-                "sendgrid: no webhook_signing_key (Signed Event Webhook verification key) configured"
-                    .into(),
-            )
-        })?;
+    let key = signing_key(config, "sendgrid", "Signed Event Webhook verification key")?;
     let point = public_point(key).map_err(|e| {
         WebhookError::NotConfigured(format!("sendgrid: the stored webhook_signing_key {e}"))
     })?;
