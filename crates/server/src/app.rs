@@ -5,8 +5,8 @@ use anyhow::Context;
 use courierx_api::{ApiConfig, AppState, ProcessHealth};
 use courierx_engine::delivery::Worker;
 use courierx_engine::{Engine, SecretKey};
-use courierx_store::Db;
 use courierx_store::writer::Writer;
+use courierx_store::{Db, notify};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -93,7 +93,7 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 pub struct Core {
     pub engine: Arc<Engine>,
-    writer_tasks: Vec<tokio::task::JoinHandle<()>>,
+    writer_tasks: Vec<courierx_store::writer::WriterDone>,
 }
 
 pub async fn start_core(s: &Settings) -> anyhow::Result<Core> {
@@ -103,7 +103,7 @@ pub async fn start_core(s: &Settings) -> anyhow::Result<Core> {
         courierx_store::Backend::Sqlite => 1,
         courierx_store::Backend::Postgres => 4,
     };
-    let (writer, writer_tasks) = Writer::start(db.clone(), writers);
+    let (writer, writer_tasks) = Writer::start(db.clone(), writers)?;
     let engine = Arc::new(Engine::new(db, writer, s.engine.clone(), &key));
     spawn_housekeeping(engine.clone());
     Ok(Core {
@@ -191,6 +191,14 @@ pub async fn serve(
             Duration::from_secs(10),
         )),
     };
+    let keys = state.keys.clone();
+    let key_listener =
+        core.engine
+            .db
+            .spawn_listener(notify::API_KEYS, move |project| match project {
+                Some(project) => keys.forget_project(project),
+                None => keys.clear(),
+            });
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener_task = if s.run_workers {
         core.engine.db.spawn_job_listener(core.engine.wake.clone())
@@ -229,7 +237,7 @@ pub async fn serve(
         _ => {}
     }
     let _ = worker_task.await;
-    if let Some(t) = listener_task {
+    for t in [listener_task, key_listener].into_iter().flatten() {
         t.abort();
     }
     core.close().await;

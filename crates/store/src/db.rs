@@ -93,6 +93,26 @@ impl Db {
         Ok(Self::Postgres(pool))
     }
 
+    /// The handle the group-commit writer uses. SQLite: its own single connection, whose page
+    /// cache stays warm because no other connection writes between its transactions (a pooled
+    /// connection drops its cache whenever another one has committed). Postgres: the shared pool.
+    pub fn for_writer(&self) -> Self {
+        match self {
+            Db::Sqlite(p) => Db::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(15))
+                    // Nothing else uses it, so there is nothing to check before each batch.
+                    .test_before_acquire(false)
+                    .connect_lazy_with(
+                        // One prepared INSERT per table and group size (see the writer).
+                        (*p.connect_options()).clone().statement_cache_capacity(512),
+                    ),
+            ),
+            Db::Postgres(_) => self.clone(),
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         match self {
             Db::Sqlite(_) => Backend::Sqlite,
@@ -114,6 +134,18 @@ impl Db {
         Ok(match self {
             Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    /// Begins a read-only transaction that sees one snapshot, so rows read together (a message
+    /// and its events) agree even while a writer commits in between.
+    pub async fn begin_snapshot(&self) -> Result<Tx> {
+        Ok(match self {
+            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN").await?),
+            Db::Postgres(p) => Tx::Postgres(
+                p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?,
+            ),
         })
     }
 

@@ -5,7 +5,6 @@
 use crate::{Db, Result, on, on_tx};
 use courierx_domain::Millis;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -54,40 +53,10 @@ impl Db {
 }
 
 impl Db {
-    /// On PostgreSQL, wakes this process's workers whenever any process enqueues jobs
-    /// (LISTEN/NOTIFY), so workers on other nodes need not poll. SQLite has a single process.
+    /// On PostgreSQL, wakes this process's workers whenever any process enqueues jobs, so workers
+    /// on other nodes need not poll (after a lost connection too: jobs enqueued meanwhile are
+    /// looked for at once). SQLite has a single process.
     pub fn spawn_job_listener(&self, wake: Arc<Notify>) -> Option<tokio::task::JoinHandle<()>> {
-        let Db::Postgres(pool) = self else {
-            return None;
-        };
-        let pool = pool.clone();
-        Some(tokio::spawn(async move {
-            loop {
-                let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "job listener cannot connect; retrying");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        continue;
-                    }
-                };
-                if let Err(e) = listener.listen("courierx_jobs").await {
-                    tracing::warn!(error = %e, "LISTEN failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    continue;
-                }
-                loop {
-                    match listener.recv().await {
-                        Ok(_) => wake.notify_one(),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "job listener lost its connection; reconnecting");
-                            // Jobs enqueued while disconnected are found by the worker's own timer.
-                            wake.notify_one();
-                            break;
-                        }
-                    }
-                }
-            }
-        }))
+        self.spawn_listener(crate::notify::JOBS, move |_| wake.notify_one())
     }
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod idempotency;
 pub mod jobs;
 pub mod messages;
+pub mod notify;
 pub mod projects;
 pub mod provider_events;
 pub mod providers;

@@ -821,7 +821,7 @@ async fn send_path_renders_the_published_version(backend: Backend) {
         .await;
 
     let db = app.db().await;
-    let (writer, _) = courierx_store::writer::Writer::start(db.clone(), 1);
+    let (writer, _) = courierx_store::writer::Writer::start(db.clone(), 1).expect("writer");
     let engine = Engine::new(db, writer, EngineConfig::default(), &SecretKey::generate());
     let tenant = t.session.tenant_id.parse().unwrap();
     let project = t.project_id.parse().unwrap();
