@@ -193,13 +193,14 @@ impl FromRequestParts<AppState> for ProjectCtx {
         let row = match state.keys.get(hash.as_str()) {
             Some(row) => row,
             None => {
+                let generation = state.keys.generation();
                 let row = state
                     .engine
                     .db
                     .find_api_key_by_hash(hash.as_str())
                     .await?
                     .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-                state.keys.put(hash.as_str(), row.clone());
+                state.keys.put(hash.as_str(), row.clone(), generation);
                 row
             }
         };
@@ -273,38 +274,56 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-/// How long a looked-up API key is trusted before it is read again. Revocation through this
-/// process takes effect at once (the entry is dropped); through another process within this time.
+/// How long a looked-up API key is trusted before it is read again. Revocation takes effect at
+/// once: this process drops the entry, and on PostgreSQL every other process drops it when the
+/// revocation's notification arrives (see `courierx_store::notify`). Without that notification
+/// (SQLite, or a lost listener connection) another process trusts its entry for up to this long.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// API keys recently read from the database, by hash, so authenticating a request is not a
 /// database round trip each time.
 #[derive(Default)]
 pub struct KeyCache {
-    inner: Mutex<HashMap<String, (Instant, ApiKeyAuthRow)>>,
+    inner: Mutex<CachedKeys>,
+}
+
+#[derive(Default)]
+struct CachedKeys {
+    /// Bumped by every forget: a row read before a revocation must not be stored after it.
+    generation: u64,
+    by_hash: HashMap<String, (Instant, ApiKeyAuthRow)>,
 }
 
 impl KeyCache {
     fn get(&self, hash: &str) -> Option<ApiKeyAuthRow> {
         let map = self.inner.lock().ok()?;
-        map.get(hash)
+        map.by_hash
+            .get(hash)
             .filter(|(at, _)| at.elapsed() < KEY_CACHE_TTL)
             .map(|(_, row)| row.clone())
     }
 
-    fn put(&self, hash: &str, row: ApiKeyAuthRow) {
-        if let Ok(mut map) = self.inner.lock() {
-            if map.len() > 10_000 {
-                map.retain(|_, (at, _)| at.elapsed() < KEY_CACHE_TTL);
+    fn generation(&self) -> Option<u64> {
+        self.inner.lock().ok().map(|m| m.generation)
+    }
+
+    /// Stores a row read while the cache was at `generation`, unless something was forgotten since.
+    fn put(&self, hash: &str, row: ApiKeyAuthRow, generation: Option<u64>) {
+        if let Ok(mut map) = self.inner.lock()
+            && Some(map.generation) == generation
+        {
+            if map.by_hash.len() > 10_000 {
+                map.by_hash
+                    .retain(|_, (at, _)| at.elapsed() < KEY_CACHE_TTL);
             }
-            map.insert(hash.to_string(), (Instant::now(), row));
+            map.by_hash.insert(hash.to_string(), (Instant::now(), row));
         }
     }
 
     /// Records a use in the cached row, so concurrent requests do not all write `last_used_at`.
     fn note_use(&self, hash: &str, now: i64) {
         if let Ok(mut map) = self.inner.lock()
-            && let Some((_, row)) = map.get_mut(hash)
+            && let Some((_, row)) = map.by_hash.get_mut(hash)
         {
             row.last_used_at = Some(now);
         }
@@ -313,7 +332,16 @@ impl KeyCache {
     /// Forgets every cached key of a project (after a revocation or the project's deletion).
     pub fn forget_project(&self, project: &str) {
         if let Ok(mut map) = self.inner.lock() {
-            map.retain(|_, (_, row)| row.project_id != project);
+            map.generation += 1;
+            map.by_hash.retain(|_, (_, row)| row.project_id != project);
+        }
+    }
+
+    /// Forgets every cached key (revocations elsewhere may have been missed).
+    pub fn clear(&self) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.generation += 1;
+            map.by_hash.clear();
         }
     }
 }

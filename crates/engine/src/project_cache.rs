@@ -51,14 +51,26 @@ impl ProjectSnapshot {
 
 #[derive(Default)]
 pub struct ProjectCache {
-    inner: Mutex<HashMap<String, (Instant, Arc<ProjectSnapshot>)>>,
+    inner: Mutex<Snapshots>,
+}
+
+#[derive(Default)]
+struct Snapshots {
+    /// Bumped by every clear: a snapshot read before a change must not be stored after it.
+    generation: u64,
+    by_project: HashMap<String, (Instant, Arc<ProjectSnapshot>)>,
 }
 
 impl ProjectCache {
     pub fn clear(&self) {
         if let Ok(mut m) = self.inner.lock() {
-            m.clear();
+            m.generation += 1;
+            m.by_project.clear();
         }
+    }
+
+    fn generation(&self) -> Option<u64> {
+        self.inner.lock().ok().map(|m| m.generation)
     }
 }
 
@@ -81,11 +93,12 @@ impl Engine {
         // Keyed by tenant too: a project id presented under another tenant must miss.
         let key = format!("{tenant}/{project}");
         if let Ok(m) = self.projects.inner.lock()
-            && let Some((at, snap)) = m.get(&key)
+            && let Some((at, snap)) = m.by_project.get(&key)
             && at.elapsed() < TTL
         {
             return Ok(Some(snap.clone()));
         }
+        let generation = self.projects.generation();
         let Some(p) = self.db.get_project(tenant, project).await? else {
             return Ok(None);
         };
@@ -121,11 +134,13 @@ impl Engine {
             routes,
             providers,
         });
-        if let Ok(mut m) = self.projects.inner.lock() {
-            if m.len() > 10_000 {
-                m.retain(|_, (at, _)| at.elapsed() < TTL);
+        if let Ok(mut m) = self.projects.inner.lock()
+            && Some(m.generation) == generation
+        {
+            if m.by_project.len() > 10_000 {
+                m.by_project.retain(|_, (at, _)| at.elapsed() < TTL);
             }
-            m.insert(key, (Instant::now(), snap.clone()));
+            m.by_project.insert(key, (Instant::now(), snap.clone()));
         }
         Ok(Some(snap))
     }

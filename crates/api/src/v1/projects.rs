@@ -10,6 +10,7 @@ use courierx_domain::{
     ApiKeyId, ProjectId, ProviderId, RawApiKey, Role, Slug, ValidationErrors, now_ms,
 };
 use courierx_engine::settings::EmailSettings;
+use courierx_store::notify;
 use courierx_store::projects::{ApiKeyRow, ProjectRow};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -219,7 +220,7 @@ async fn delete_project(
     {
         return Err(ApiError::not_found("project"));
     }
-    state.keys.forget_project(&id.to_string());
+    forget_keys(&state, &id.to_string()).await;
     state.engine.routing_changed();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -365,6 +366,15 @@ async fn revoke_key(
     {
         return Err(ApiError::not_found("api key"));
     }
-    state.keys.forget_project(&project.id);
+    forget_keys(&state, &project.id).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Drops the project's cached keys here and, through the database, in every other process.
+async fn forget_keys(state: &AppState, project: &str) {
+    state.keys.forget_project(project);
+    if let Err(e) = state.engine.db.notify(notify::API_KEYS, project).await {
+        // The revocation itself is committed; other processes drop their entries within the cache TTL.
+        tracing::warn!(error = %e, "could not announce the API key change to other processes");
+    }
 }

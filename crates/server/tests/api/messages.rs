@@ -4,11 +4,13 @@ use crate::both;
 use crate::helpers::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 both!(
     idempotency_replays_and_conflicts,
     list_filters_and_cursor,
     revoked_and_expired_keys,
+    revocation_reaches_every_process,
     provider_secrets_are_masked_and_sealed
 );
 
@@ -146,6 +148,59 @@ async fn list_filters_and_cursor(backend: Backend) {
         )
         .await;
     assert_eq!(by_user["data"].as_array().unwrap().len(), 5);
+}
+
+async fn revocation_reaches_every_process(backend: Backend) {
+    // Two API processes on one database; the key is cached in the second before it is revoked
+    // through the first.
+    let postgres = matches!(backend, Backend::Postgres(_));
+    let a = TestApp::spawn(backend).await;
+    let t = a.tenant("Acme").await;
+    let b = a.sibling(|r| r.set("run_workers", "false")).await;
+    // (Re)connecting its listener empties b's cache, so the key is cached once that is done.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, v) = b
+        .post("/api/v1/messages", Some(&t.key), simple_email())
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let (_, keys) = a
+        .get(
+            &format!("/api/v1/projects/{}/api-keys", t.project_id),
+            &t.session.access,
+        )
+        .await;
+    let (s, _, _) = a
+        .call(
+            Method::DELETE,
+            &format!(
+                "/api/v1/projects/{}/api-keys/{}",
+                t.project_id,
+                keys["data"][0]["id"].as_str().unwrap()
+            ),
+            Some(&t.session.access),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    // Postgres announces the revocation to every process (well inside the 5 s cache lifetime);
+    // a second SQLite process drops its cached entry when that lifetime ends.
+    let bound = Duration::from_secs(if postgres { 2 } else { 7 });
+    let started = Instant::now();
+    loop {
+        let (s, v) = b
+            .post("/api/v1/messages", Some(&t.key), simple_email())
+            .await;
+        if s == StatusCode::UNAUTHORIZED {
+            assert_error(&v, "unauthorized");
+            break;
+        }
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        assert!(
+            started.elapsed() < bound,
+            "the revoked key still works in the other process after {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn revoked_and_expired_keys(backend: Backend) {
