@@ -37,6 +37,15 @@ pub struct MessageRow {
     pub category: Option<String>,
 }
 
+/// Everything a message's detail view shows, read together (see [`Db::message_detail`]).
+#[derive(Debug, Clone)]
+pub struct MessageDetailRows {
+    pub message: MessageRow,
+    pub attachments: Vec<AttachmentMeta>,
+    pub events: Vec<EventRow>,
+    pub recipients: Vec<crate::provider_events::RecipientRow>,
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct EventRow {
     pub id: String,
@@ -91,6 +100,49 @@ impl Db {
         )
     }
 
+    /// A message with its attachments, events and recipient states, read from one snapshot so a
+    /// status and the event that set it are never seen apart.
+    pub async fn message_detail(
+        &self,
+        tenant: TenantId,
+        project: Option<ProjectId>,
+        id: MessageId,
+    ) -> Result<Option<MessageDetailRows>> {
+        let mut tx = self.begin_snapshot().await?;
+        let sql = format!(
+            "SELECT {MESSAGE_COLS} FROM messages WHERE tenant_id = $1 AND id = $2 AND ($3 IS NULL OR project_id = $3)"
+        );
+        let Some(message) = on_tx!(&mut tx, c => sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.to_string()).bind(id.to_string()).bind(project.map(|p| p.to_string()))
+            .fetch_optional(&mut *c).await)?
+        else {
+            return Ok(None);
+        };
+        let attachments = if message.attachment_count > 0 {
+            on_tx!(&mut tx, c => sqlx::query_as::<_, AttachmentMeta>(
+                "SELECT position, filename, content_type, content_id, size FROM message_attachments
+                 WHERE tenant_id = $1 AND message_id = $2 ORDER BY position")
+                .bind(&message.tenant_id).bind(&message.id).fetch_all(&mut *c).await)?
+        } else {
+            Vec::new()
+        };
+        let events = on_tx!(&mut tx, c => sqlx::query_as::<_, EventRow>(
+            "SELECT id, type, at, provider_id, recipient, detail FROM message_events
+             WHERE tenant_id = $1 AND message_id = $2 ORDER BY at, id")
+            .bind(&message.tenant_id).bind(&message.id).fetch_all(&mut *c).await)?;
+        let recipients = on_tx!(&mut tx, c => sqlx::query_as::<_, crate::provider_events::RecipientRow>(
+            "SELECT email, status, detail, updated_at FROM message_recipients
+             WHERE tenant_id = $1 AND message_id = $2 ORDER BY email")
+            .bind(&message.tenant_id).bind(&message.id).fetch_all(&mut *c).await)?;
+        tx.commit().await?;
+        Ok(Some(MessageDetailRows {
+            message,
+            attachments,
+            events,
+            recipients,
+        }))
+    }
+
     /// Loads a message for delivery (the worker already holds the job's lease).
     pub async fn load_message_for_delivery(&self, id: &str) -> Result<Option<MessageRow>> {
         let sql = format!("SELECT {MESSAGE_COLS} FROM messages WHERE id = $1");
@@ -124,13 +176,6 @@ impl Db {
             .bind(tenant.to_string()).bind(f.project.map(|p| p.to_string())).bind(f.status)
             .bind(&tag_pattern).bind(f.before.map(|b| b.to_string())).bind(f.limit)
             .fetch_all(p).await)?)
-    }
-
-    pub async fn list_events(&self, tenant: TenantId, message: MessageId) -> Result<Vec<EventRow>> {
-        Ok(on!(self, p => sqlx::query_as::<_, EventRow>(
-            "SELECT id, type, at, provider_id, recipient, detail FROM message_events
-             WHERE tenant_id = $1 AND message_id = $2 ORDER BY at, id")
-            .bind(tenant.to_string()).bind(message.to_string()).fetch_all(p).await)?)
     }
 }
 
@@ -174,17 +219,6 @@ pub struct AttachmentRow {
 }
 
 impl Db {
-    pub async fn attachment_meta(
-        &self,
-        tenant: &str,
-        message: &str,
-    ) -> Result<Vec<AttachmentMeta>> {
-        Ok(on!(self, p => sqlx::query_as::<_, AttachmentMeta>(
-            "SELECT position, filename, content_type, content_id, size FROM message_attachments
-             WHERE tenant_id = $1 AND message_id = $2 ORDER BY position")
-            .bind(tenant).bind(message).fetch_all(p).await)?)
-    }
-
     /// A message's attachments with their bytes, read for one delivery attempt.
     pub async fn attachments(&self, tenant: &str, message: &str) -> Result<Vec<AttachmentRow>> {
         Ok(on!(self, p => sqlx::query_as::<_, AttachmentRow>(

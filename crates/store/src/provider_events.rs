@@ -3,7 +3,7 @@
 //! recipient. The engine decides what an event means; this module only reads and writes.
 
 use crate::{Db, Result, Tx, on, on_tx};
-use courierx_domain::{MessageId, Millis, TenantId};
+use courierx_domain::Millis;
 
 /// A normalised event to store.
 #[derive(Debug, Clone)]
@@ -195,16 +195,5 @@ impl Db {
         Ok(on!(self, p => sqlx::query(
             "DELETE FROM provider_events WHERE message_id IS NULL AND received_at < $1")
             .bind(received_before).execute(p).await.map(|r| r.rows_affected()))?)
-    }
-
-    pub async fn list_recipients(
-        &self,
-        tenant: TenantId,
-        message: MessageId,
-    ) -> Result<Vec<RecipientRow>> {
-        Ok(on!(self, p => sqlx::query_as::<_, RecipientRow>(
-            "SELECT email, status, detail, updated_at FROM message_recipients
-             WHERE tenant_id = $1 AND message_id = $2 ORDER BY email")
-            .bind(tenant.to_string()).bind(message.to_string()).fetch_all(p).await)?)
     }
 }

@@ -825,28 +825,24 @@ async fn get_message(
 }
 
 async fn load_detail(state: &AppState, who: Principal, id: MessageId) -> ApiResult<MessageDetail> {
-    let db = &state.engine.db;
-    let row = db
-        .get_message(who.tenant(), who.project(), id)
+    let rows = state
+        .engine
+        .db
+        .message_detail(who.tenant(), who.project(), id)
         .await?
         .ok_or_else(|| ApiError::not_found("message"))?;
-    let attachments = if row.attachment_count > 0 {
-        db.attachment_meta(&row.tenant_id, &row.id)
-            .await?
-            .into_iter()
-            .map(|a| AttachmentView {
-                filename: a.filename,
-                content_type: a.content_type,
-                content_id: a.content_id,
-                size: a.size,
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let events = db
-        .list_events(who.tenant(), id)
-        .await?
+    let attachments = rows
+        .attachments
+        .into_iter()
+        .map(|a| AttachmentView {
+            filename: a.filename,
+            content_type: a.content_type,
+            content_id: a.content_id,
+            size: a.size,
+        })
+        .collect();
+    let events = rows
+        .events
         .into_iter()
         .map(|e| EventView {
             recipient: e.recipient,
@@ -856,6 +852,5 @@ async fn load_detail(state: &AppState, who: Principal, id: MessageId) -> ApiResu
             detail: serde_json::from_str(&e.detail).unwrap_or(Value::Object(Map::new())),
         })
         .collect();
-    let states = db.list_recipients(who.tenant(), id).await?;
-    Ok(detail(row, attachments, states, events))
+    Ok(detail(rows.message, attachments, rows.recipients, events))
 }
