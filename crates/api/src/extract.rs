@@ -7,11 +7,10 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{StatusCode, header, request::Parts};
 use courierx_domain::{ApiKeyId, ProjectId, RawApiKey, Role, TenantId, UserId, now_ms};
+use courierx_engine::ttl_cache::TtlCache;
 use courierx_store::users::ApiKeyAuthRow;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A JSON body. Malformed JSON → 400, a body over the limit → 413, a well-formed body of the
 /// wrong shape → 422 naming the field.
@@ -190,17 +189,20 @@ impl FromRequestParts<AppState> for ProjectCtx {
         let key =
             RawApiKey::parse(presented).ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
         let hash = key.hash();
-        let row = match state.keys.get(hash.as_str()) {
+        let row = match state.keys.0.get(hash.as_str()) {
             Some(row) => row,
             None => {
-                let generation = state.keys.generation();
+                let read_at = state.keys.0.generation();
                 let row = state
                     .engine
                     .db
                     .find_api_key_by_hash(hash.as_str())
                     .await?
                     .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-                state.keys.put(hash.as_str(), row.clone(), generation);
+                state
+                    .keys
+                    .0
+                    .put(hash.as_str().to_string(), row.clone(), read_at);
                 row
             }
         };
@@ -282,66 +284,27 @@ const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// API keys recently read from the database, by hash, so authenticating a request is not a
 /// database round trip each time.
-#[derive(Default)]
-pub struct KeyCache {
-    inner: Mutex<CachedKeys>,
-}
+pub struct KeyCache(TtlCache<ApiKeyAuthRow>);
 
-#[derive(Default)]
-struct CachedKeys {
-    /// Bumped by every forget: a row read before a revocation must not be stored after it.
-    generation: u64,
-    by_hash: HashMap<String, (Instant, ApiKeyAuthRow)>,
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self(TtlCache::new(KEY_CACHE_TTL))
+    }
 }
 
 impl KeyCache {
-    fn get(&self, hash: &str) -> Option<ApiKeyAuthRow> {
-        let map = self.inner.lock().ok()?;
-        map.by_hash
-            .get(hash)
-            .filter(|(at, _)| at.elapsed() < KEY_CACHE_TTL)
-            .map(|(_, row)| row.clone())
-    }
-
-    fn generation(&self) -> Option<u64> {
-        self.inner.lock().ok().map(|m| m.generation)
-    }
-
-    /// Stores a row read while the cache was at `generation`, unless something was forgotten since.
-    fn put(&self, hash: &str, row: ApiKeyAuthRow, generation: Option<u64>) {
-        if let Ok(mut map) = self.inner.lock()
-            && Some(map.generation) == generation
-        {
-            if map.by_hash.len() > 10_000 {
-                map.by_hash
-                    .retain(|_, (at, _)| at.elapsed() < KEY_CACHE_TTL);
-            }
-            map.by_hash.insert(hash.to_string(), (Instant::now(), row));
-        }
-    }
-
     /// Records a use in the cached row, so concurrent requests do not all write `last_used_at`.
     fn note_use(&self, hash: &str, now: i64) {
-        if let Ok(mut map) = self.inner.lock()
-            && let Some((_, row)) = map.by_hash.get_mut(hash)
-        {
-            row.last_used_at = Some(now);
-        }
+        self.0.update(hash, |row| row.last_used_at = Some(now));
     }
 
     /// Forgets every cached key of a project (after a revocation or the project's deletion).
     pub fn forget_project(&self, project: &str) {
-        if let Ok(mut map) = self.inner.lock() {
-            map.generation += 1;
-            map.by_hash.retain(|_, (_, row)| row.project_id != project);
-        }
+        self.0.forget_where(|row| row.project_id == project);
     }
 
     /// Forgets every cached key (revocations elsewhere may have been missed).
     pub fn clear(&self) {
-        if let Ok(mut map) = self.inner.lock() {
-            map.generation += 1;
-            map.by_hash.clear();
-        }
+        self.0.clear();
     }
 }

@@ -15,6 +15,7 @@ pub mod secrets;
 pub mod settings;
 pub mod templates;
 pub mod tracking;
+pub mod ttl_cache;
 
 use courierx_store::Db;
 use courierx_store::writer::Writer;

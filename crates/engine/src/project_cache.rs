@@ -6,12 +6,13 @@
 use crate::Engine;
 use crate::routing::{self, Plan, Route, RoutingInput};
 use crate::settings::{EmailSettings, ParsedSettings, ProviderOptions};
+use crate::ttl_cache::TtlCache;
 use courierx_domain::{ProjectId, TenantId};
 use courierx_store::StoreError;
 use courierx_store::providers::ProviderRow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub const TTL: Duration = Duration::from_secs(2);
 
@@ -49,28 +50,17 @@ impl ProjectSnapshot {
     }
 }
 
-#[derive(Default)]
-pub struct ProjectCache {
-    inner: Mutex<Snapshots>,
-}
+pub struct ProjectCache(TtlCache<Arc<ProjectSnapshot>>);
 
-#[derive(Default)]
-struct Snapshots {
-    /// Bumped by every clear: a snapshot read before a change must not be stored after it.
-    generation: u64,
-    by_project: HashMap<String, (Instant, Arc<ProjectSnapshot>)>,
+impl Default for ProjectCache {
+    fn default() -> Self {
+        Self(TtlCache::new(TTL))
+    }
 }
 
 impl ProjectCache {
     pub fn clear(&self) {
-        if let Ok(mut m) = self.inner.lock() {
-            m.generation += 1;
-            m.by_project.clear();
-        }
-    }
-
-    fn generation(&self) -> Option<u64> {
-        self.inner.lock().ok().map(|m| m.generation)
+        self.0.clear();
     }
 }
 
@@ -92,13 +82,10 @@ impl Engine {
     ) -> Result<Option<Arc<ProjectSnapshot>>, StoreError> {
         // Keyed by tenant too: a project id presented under another tenant must miss.
         let key = format!("{tenant}/{project}");
-        if let Ok(m) = self.projects.inner.lock()
-            && let Some((at, snap)) = m.by_project.get(&key)
-            && at.elapsed() < TTL
-        {
-            return Ok(Some(snap.clone()));
+        if let Some(snap) = self.projects.0.get(&key) {
+            return Ok(Some(snap));
         }
-        let generation = self.projects.generation();
+        let read_at = self.projects.0.generation();
         let Some(p) = self.db.get_project(tenant, project).await? else {
             return Ok(None);
         };
@@ -134,14 +121,7 @@ impl Engine {
             routes,
             providers,
         });
-        if let Ok(mut m) = self.projects.inner.lock()
-            && Some(m.generation) == generation
-        {
-            if m.by_project.len() > 10_000 {
-                m.by_project.retain(|_, (at, _)| at.elapsed() < TTL);
-            }
-            m.by_project.insert(key, (Instant::now(), snap.clone()));
-        }
+        self.projects.0.put(key, snap.clone(), read_at);
         Ok(Some(snap))
     }
 

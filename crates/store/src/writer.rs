@@ -626,6 +626,11 @@ fn is_plain_send(r: &AttemptRecord) -> bool {
         && r.suppressed.is_empty()
 }
 
+/// The `sent` event's detail, however the send is recorded.
+fn sent_detail(r: &AttemptRecord, provider_message_id: &Option<String>) -> serde_json::Value {
+    serde_json::json!({"attempt": r.attempt, "latency_ms": r.latency_ms, "provider_message_id": provider_message_id})
+}
+
 /// Records plain sends (see [`is_plain_send`]) exactly as [`record_one`] would, with three
 /// statements however many there are instead of three per send (each a hand-off to SQLite's
 /// worker thread or a round trip to Postgres). The rows travel as one JSON array parameter.
@@ -646,7 +651,7 @@ async fn record_plain_sends(tx: &mut Tx, recs: &[&AttemptRecord]) -> Result<()> 
                 "attempt": r.attempt,
                 "at": r.at,
                 "event_id": crate::users::uuid_v7(),
-                "detail": crate::to_json(&serde_json::json!({"attempt": r.attempt, "latency_ms": r.latency_ms, "provider_message_id": provider_message_id})),
+                "detail": crate::to_json(&sent_detail(r, provider_message_id)),
             })),
             _ => None,
         })
@@ -753,11 +758,7 @@ async fn record_one(tx: &mut Tx, r: &AttemptRecord) -> Result<()> {
                 .bind(&r.provider_id).bind(provider_message_id).bind(r.attempt).bind(r.at).bind(&r.message_id)
                 .execute(&mut *c).await.map(|r| r.rows_affected()))?;
             on_tx!(tx, c => sqlx::query("DELETE FROM jobs WHERE id = $1").bind(job_id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-            insert_event(
-                tx,
-                &event("sent", serde_json::json!({"attempt": r.attempt, "latency_ms": r.latency_ms, "provider_message_id": provider_message_id})),
-            )
-            .await?;
+            insert_event(tx, &event("sent", sent_detail(r, provider_message_id))).await?;
             if let Some(s) = sandbox {
                 crate::sandbox::insert(tx, s).await?;
             }
