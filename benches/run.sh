@@ -5,6 +5,7 @@
 #   benches/run.sh                 # everything: CourierX on SQLite and PostgreSQL, then the peers
 #   BACKENDS=sqlite benches/run.sh # only SQLite
 #   SKIP_PEERS=1 benches/run.sh    # only CourierX
+#   BIN=/path/to/courierx benches/run.sh  # measure that binary instead of building this tree
 #
 # (a) accept: wrk, 2 threads, $CONNS connections, $DURATION s, one send request per HTTP call
 #     (benches/post.lua, the peers' own request shape) against an API-only `courierx serve`;
@@ -28,7 +29,7 @@ BATCH=${BATCH:-500}
 BATCH_CONNS=${BATCH_CONNS:-8}
 SINK_PORT=${SINK_PORT:-2525}
 PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
-OUT=$ROOT/target/bench
+OUT=${OUT:-$ROOT/target/bench}
 mkdir -p "$OUT"
 RESULTS=$OUT/results.md
 : > "$OUT/rows"
@@ -38,8 +39,11 @@ need wrk "apt-get install wrk"
 need smtp-sink "apt-get install postfix"
 need python3 "python3"
 
-cargo build --release -q
-BIN=$ROOT/target/release/courierx
+# BIN=path measures another build (e.g. the previous commit's) with the same script.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q
+  BIN=$ROOT/target/release/courierx
+fi
 J() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 
 SERVER_PID=""

@@ -15,7 +15,7 @@ pub use email::{DomainName, EmailAddress, Mailbox};
 pub use error::{FieldError, ValidationErrors};
 pub use ids::*;
 pub use keys::{ApiKeyHash, RawApiKey, Sha256Hex};
-pub use message::{Category, EventType, MessageStatus};
+pub use message::{Category, EventType, MessageStatus, Priority};
 pub use role::Role;
 pub use text::{HeaderName, HeaderValue, Password, Slug};
 

@@ -17,10 +17,12 @@ pub enum MessageStatus {
     Failed,
     Cancelled,
     Suppressed,
+    /// Not sent before its `expires_at`: no provider was called.
+    Expired,
 }
 
 impl MessageStatus {
-    pub const ALL: [MessageStatus; 10] = [
+    pub const ALL: [MessageStatus; 11] = [
         Self::Scheduled,
         Self::Queued,
         Self::Sending,
@@ -31,6 +33,7 @@ impl MessageStatus {
         Self::Failed,
         Self::Cancelled,
         Self::Suppressed,
+        Self::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +48,7 @@ impl MessageStatus {
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
             Self::Suppressed => "suppressed",
+            Self::Expired => "expired",
         }
     }
 
@@ -57,6 +61,7 @@ impl MessageStatus {
             (Scheduled, Queued)
                 | (Scheduled | Queued, Cancelled | Suppressed)
                 | (Queued, Sending)
+                | (Scheduled | Queued | Sending, Expired)
                 | (Sending, Queued | Sent | Failed | Suppressed)
                 | (Sent, Delivered | Bounced | Complained)
                 | (Delivered, Bounced | Complained)
@@ -111,6 +116,8 @@ pub enum EventType {
     Clicked,
     Deferred,
     Unsubscribed,
+    /// The message reached its `expires_at` before it could be sent.
+    Expired,
 }
 
 impl EventType {
@@ -131,6 +138,47 @@ impl EventType {
             Self::Clicked => "clicked",
             Self::Deferred => "deferred",
             Self::Unsubscribed => "unsubscribed",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// How urgently a message is claimed within its project: `high` before `normal` before `low`.
+/// Across tenants and projects claims stay round-robin, so a priority never lets one project
+/// take another's turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "high" => Ok(Self::High),
+            "normal" => Ok(Self::Normal),
+            "low" => Ok(Self::Low),
+            _ => Err("must be one of high, normal, low".into()),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::High => "high",
+            Self::Normal => "normal",
+            Self::Low => "low",
+        }
+    }
+
+    /// The queue's sort key: lower is claimed first.
+    pub fn rank(self) -> i64 {
+        match self {
+            Self::High => 0,
+            Self::Normal => 1,
+            Self::Low => 2,
         }
     }
 }
@@ -180,6 +228,16 @@ mod tests {
         assert!(!Sent.can_transition(Queued));
         assert!(!Failed.can_transition(Sent));
         assert!(!Sending.can_transition(Cancelled));
+        assert!(Queued.can_transition(Expired));
+        assert!(!Sent.can_transition(Expired));
+        for p in [
+            super::Priority::High,
+            super::Priority::Normal,
+            super::Priority::Low,
+        ] {
+            assert_eq!(super::Priority::parse(p.as_str()), Ok(p));
+        }
+        assert!(super::Priority::parse("urgent").is_err());
         for s in super::MessageStatus::ALL {
             assert_eq!(s.as_str().parse::<super::MessageStatus>().unwrap(), s);
         }

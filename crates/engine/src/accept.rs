@@ -4,7 +4,7 @@
 use crate::Engine;
 use courierx_domain::{
     Attachment, HeaderName, HeaderValue, JobId, Mailbox, MessageId, MessageStatus, Millis,
-    ProjectId, TenantId, now_ms,
+    Priority, ProjectId, TenantId, now_ms,
 };
 use courierx_store::StoreError;
 use courierx_store::idempotency::NewIdempotency;
@@ -34,6 +34,10 @@ pub struct ValidMessage {
     pub template: Option<Value>,
     /// What recipients can unsubscribe from (declared in the project's settings).
     pub category: Option<courierx_domain::Category>,
+    /// Claim order within the project.
+    pub priority: Priority,
+    /// Not sent by then: the message ends `expired` without calling a provider.
+    pub expires_at: Option<Millis>,
 }
 
 /// An `Idempotency-Key` with the hash of the request it came with.
@@ -111,6 +115,9 @@ impl Engine {
         if let Some(at) = msg.send_at {
             body["send_at"] = rfc3339(at).into();
         }
+        if let Some(at) = msg.expires_at {
+            body["expires_at"] = rfc3339(at).into();
+        }
         let headers: Map<String, Value> = msg
             .headers
             .iter()
@@ -161,12 +168,15 @@ impl Engine {
             send_at: msg.send_at,
             template: msg.template.map(|t| t.to_string()),
             category: msg.category.map(|c| c.to_string()),
+            priority: msg.priority.as_str().into(),
+            expires_at: msg.expires_at,
         };
         let new = NewMessage {
             row,
             job_id: JobId::new().to_string(),
             run_at: msg.send_at.map_or(now, |at| at.max(now)),
             max_attempts: self.cfg.max_attempts,
+            priority: msg.priority.rank(),
             attachments,
         };
         (new, body)

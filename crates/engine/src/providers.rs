@@ -128,9 +128,15 @@ impl ProviderCache {
         let kind = courierx_providers::kind(&row.kind).ok_or(ProviderError::UnknownType)?;
         let cfg = full_config(row, secrets)?;
         let provider = (kind.build)(&cfg)?;
-        if let Ok(mut map) = self.inner.write() {
-            map.insert(row.id.clone(), (row.updated_at, provider.clone()));
-        }
+        self.pin(row, provider.clone());
         Ok(provider)
+    }
+
+    /// Uses `provider` for the stored provider `row` until the row changes: how an embedder
+    /// (or a test) plugs in an implementation of its own.
+    pub fn pin(&self, row: &ProviderRow, provider: Arc<dyn EmailProvider>) {
+        if let Ok(mut map) = self.inner.write() {
+            map.insert(row.id.clone(), (row.updated_at, provider));
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod messages;
 pub mod notify;
+pub mod outcomes;
 pub mod projects;
 pub mod provider_events;
 pub mod providers;

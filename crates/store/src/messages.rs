@@ -35,6 +35,10 @@ pub struct MessageRow {
     /// JSON `{"slug","version","locale"}` of the template the message was rendered from.
     pub template: Option<String>,
     pub category: Option<String>,
+    /// `high`, `normal` or `low`.
+    pub priority: String,
+    /// Not sent by then: the message ends `expired`.
+    pub expires_at: Option<i64>,
 }
 
 /// Everything a message's detail view shows, read together (see [`Db::message_detail`]).
@@ -73,7 +77,7 @@ pub struct MessageSummaryRow {
     pub sent_at: Option<i64>,
 }
 
-pub(crate) const MESSAGE_COLS: &str = "id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to, subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts, last_error, created_at, updated_at, sent_at, attachment_count, send_at, template, category";
+pub(crate) const MESSAGE_COLS: &str = "id, tenant_id, project_id, channel, status, from_addr, to_addrs, cc_addrs, bcc_addrs, reply_to, subject, html, text_body, headers, tags, metadata, idempotency_key, provider_id, provider_message_id, attempts, last_error, created_at, updated_at, sent_at, attachment_count, send_at, template, category, priority, expires_at";
 
 pub struct MessageFilter<'a> {
     pub project: Option<ProjectId>,

@@ -9,8 +9,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue as HttpHeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use courierx_domain::{
-    Attachment, Category, HeaderName, HeaderValue, Mailbox, MessageId, MessageStatus, ProjectId,
-    Sha256Hex, ValidationErrors, now_ms,
+    Attachment, Category, HeaderName, HeaderValue, Mailbox, MessageId, MessageStatus, Priority,
+    ProjectId, Sha256Hex, ValidationErrors, now_ms,
 };
 use courierx_engine::accept::{IdempotencyClaim, ValidMessage};
 use courierx_engine::project_cache::ProjectSnapshot;
@@ -86,6 +86,13 @@ pub struct SendMessageRequest {
     /// Non-transactional categories get one-click `List-Unsubscribe` headers and take one
     /// recipient per message; recipients unsubscribed from the category are skipped.
     pub category: Option<String>,
+    /// `high`, `normal` (default) or `low`: the order in which this project's messages are
+    /// claimed. Tenants and projects still take turns, whatever their messages' priorities.
+    pub priority: Option<String>,
+    /// RFC 3339 time: a message not sent by then ends `expired` without calling a provider.
+    pub expires_at: Option<String>,
+    /// Seconds from acceptance (1 to 30 days), instead of `expires_at`.
+    pub ttl_seconds: Option<i64>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -118,6 +125,7 @@ pub struct SendMessageResponse {
     pub status: String,
     pub created_at: String,
     pub send_at: Option<String>,
+    pub expires_at: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -136,6 +144,7 @@ pub struct BatchItem {
     pub status: Option<String>,
     pub created_at: Option<String>,
     pub send_at: Option<String>,
+    pub expires_at: Option<String>,
     /// `{"code","message","details"}` for an item that was not accepted.
     #[schema(value_type = Option<Object>)]
     pub error: Option<Value>,
@@ -320,6 +329,47 @@ pub fn validate(
             Ok(at) => Some(at.timestamp_millis()),
         },
     };
+    let priority = match req.priority.as_deref() {
+        None => Priority::Normal,
+        Some(p) => errs
+            .check("priority", Priority::parse(p))
+            .unwrap_or_default(),
+    };
+    let expires_at = match (req.expires_at.as_deref(), req.ttl_seconds) {
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            errs.add("ttl_seconds", "give expires_at or ttl_seconds, not both");
+            None
+        }
+        (None, Some(ttl)) if !(1..=MAX_SCHEDULE_MS / 1000).contains(&ttl) => {
+            errs.add("ttl_seconds", "must be 1 to 2592000 (30 days)");
+            None
+        }
+        (None, Some(ttl)) => Some(now + ttl * 1000),
+        (Some(t), None) => match chrono::DateTime::parse_from_rfc3339(t) {
+            Err(_) => {
+                errs.add(
+                    "expires_at",
+                    "must be an RFC 3339 time such as 2026-01-31T09:00:00Z",
+                );
+                None
+            }
+            Ok(at) if at.timestamp_millis() <= now => {
+                errs.add("expires_at", "must be in the future");
+                None
+            }
+            Ok(at) if at.timestamp_millis() > now + 2 * MAX_SCHEDULE_MS => {
+                errs.add("expires_at", "must be at most 60 days ahead");
+                None
+            }
+            Ok(at) => Some(at.timestamp_millis()),
+        },
+    };
+    if let (Some(exp), Some(at)) = (expires_at, send_at)
+        && exp <= at
+    {
+        errs.add("expires_at", "must be after send_at");
+    }
     let category = req.category.as_deref().and_then(|c| {
         let cat = errs.check("category", Category::parse(c))?;
         match settings.categories.get(&cat) {
@@ -343,6 +393,8 @@ pub fn validate(
     errs.into_result()?;
     let from = from.ok_or_else(|| ValidationErrors::single("from", "is required"))?;
     Ok(ValidMessage {
+        priority,
+        expires_at,
         category,
         attachments,
         send_at,
@@ -719,6 +771,10 @@ pub struct MessageDetail {
     pub sent_at: Option<String>,
     /// When a scheduled message is due.
     pub send_at: Option<String>,
+    /// `high`, `normal` or `low`.
+    pub priority: String,
+    /// When the message expires unsent (status `expired`).
+    pub expires_at: Option<String>,
     /// The template the content came from: `{"slug","version","locale"}`.
     #[schema(value_type = Option<Object>)]
     pub template: Option<Value>,
@@ -786,6 +842,8 @@ fn detail(
         category: r.category.clone(),
         recipients,
         send_at: opt_rfc3339(r.send_at),
+        expires_at: opt_rfc3339(r.expires_at),
+        priority: r.priority.clone(),
         template: r
             .template
             .as_deref()

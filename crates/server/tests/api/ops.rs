@@ -148,6 +148,18 @@ async fn openapi_describes_the_api(backend: Backend) {
             "OpenAPI lacks schema {schema}"
         );
     }
+    for (schema, field) in [
+        ("SendMessageRequest", "priority"),
+        ("SendMessageRequest", "expires_at"),
+        ("SendMessageRequest", "ttl_seconds"),
+        ("MessageDetail", "priority"),
+        ("MessageDetail", "expires_at"),
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema]["properties"][field].is_object(),
+            "OpenAPI lacks {schema}.{field}"
+        );
+    }
     let provider_types =
         doc["components"]["schemas"]["CreateProviderRequest"]["properties"]["type"]["description"]
             .as_str()
