@@ -12,6 +12,7 @@ mod errors;
 mod isolation;
 mod messages;
 mod ops;
+mod retention;
 mod rich;
 mod routing;
 mod templates;
