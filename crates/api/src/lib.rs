@@ -120,6 +120,7 @@ fn v1_router() -> OpenApiRouter<AppState> {
         .merge(v1::messages::router())
         .merge(v1::sandbox::router())
         .merge(v1::suppressions::router())
+        .merge(v1::recipients::router())
         .merge(v1::templates::router())
         .merge(webhooks::router())
         .merge(tracking::router())

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod delivery;
 pub mod events;
+pub mod housekeeping;
 pub mod pacing;
 pub mod project_cache;
 pub mod providers;
@@ -37,6 +38,7 @@ pub struct EngineConfig {
     pub shutdown_grace_ms: u64,
     /// Where recipients reach CourierX: tracking and unsubscribe links are built on it.
     pub public_url: String,
+    pub retention: housekeeping::RetentionConfig,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +52,7 @@ impl Default for EngineConfig {
             idempotency_ttl_ms: 24 * 3_600_000,
             shutdown_grace_ms: 30_000,
             public_url: "http://127.0.0.1:8080".into(),
+            retention: Default::default(),
         }
     }
 }

@@ -94,6 +94,8 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub struct Core {
     pub engine: Arc<Engine>,
     writer_tasks: Vec<courierx_store::writer::WriterDone>,
+    housekeeping_stop: watch::Sender<bool>,
+    housekeeping: tokio::task::JoinHandle<()>,
 }
 
 pub async fn start_core(s: &Settings) -> anyhow::Result<Core> {
@@ -105,16 +107,26 @@ pub async fn start_core(s: &Settings) -> anyhow::Result<Core> {
     };
     let (writer, writer_tasks) = Writer::start(db.clone(), writers)?;
     let engine = Arc::new(Engine::new(db, writer, s.engine.clone(), &key));
-    spawn_housekeeping(engine.clone());
+    let (housekeeping_stop, stop) = watch::channel(false);
+    let housekeeping = tokio::spawn(courierx_engine::housekeeping::run(
+        engine.db.clone(),
+        engine.cfg.retention.clone(),
+        stop,
+    ));
+    spawn_reconciler(engine.clone());
     Ok(Core {
         engine,
         writer_tasks,
+        housekeeping_stop,
+        housekeeping,
     })
 }
 
 impl Core {
     /// Flushes queued writes and closes the database.
     async fn close(self) {
+        let _ = self.housekeeping_stop.send(true);
+        let _ = self.housekeeping.await;
         let db = self.engine.db.clone();
         drop(self.engine);
         for t in self.writer_tasks {
@@ -124,8 +136,7 @@ impl Core {
     }
 }
 
-fn spawn_housekeeping(engine: Arc<Engine>) {
-    let db = engine.db.clone();
+fn spawn_reconciler(engine: Arc<Engine>) {
     // Weak: the engine must drop at shutdown so its writer can flush and stop.
     let weak = Arc::downgrade(&engine);
     drop(engine);
@@ -144,19 +155,6 @@ fn spawn_housekeeping(engine: Arc<Engine>) {
             };
             if let Err(e) = engine.reconcile_events(since).await {
                 tracing::warn!(error = %e, "applying pending provider events failed");
-            }
-        }
-    });
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(600));
-        loop {
-            tick.tick().await;
-            let now = courierx_domain::now_ms();
-            if let Err(e) = db.prune_idempotency(now).await {
-                tracing::warn!(error = %e, "pruning idempotency keys failed");
-            }
-            if let Err(e) = db.prune_login_failures(now - 24 * 3_600_000).await {
-                tracing::warn!(error = %e, "pruning login failures failed");
             }
         }
     });

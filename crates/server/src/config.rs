@@ -3,6 +3,7 @@
 //! naming the setting and what is wrong.
 
 use courierx_api::SignupMode;
+use courierx_engine::housekeeping::RetentionConfig;
 use courierx_engine::{EngineConfig, SecretKey};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -73,6 +74,19 @@ const KEYS: &[(&str, &str)] = &[
     (
         "sns_allowed_url_prefixes",
         "COURIERX_SNS_ALLOWED_URL_PREFIXES",
+    ),
+    (
+        "retention_messages_days",
+        "COURIERX_RETENTION_MESSAGES_DAYS",
+    ),
+    ("retention_sandbox_days", "COURIERX_RETENTION_SANDBOX_DAYS"),
+    (
+        "retention_provider_events_days",
+        "COURIERX_RETENTION_PROVIDER_EVENTS_DAYS",
+    ),
+    (
+        "housekeeping_interval_seconds",
+        "COURIERX_HOUSEKEEPING_INTERVAL_SECONDS",
     ),
 ];
 
@@ -272,7 +286,35 @@ impl RawSettings {
                 format!("{bad:?} must be an http(s) URL prefix ending in '/'"),
             ));
         }
+        const DAY_MS: i64 = 86_400_000;
+        let retention = RetentionConfig {
+            messages_ms: self.num(
+                "retention_messages_days",
+                defaults.retention.messages_ms / DAY_MS,
+                1,
+                36_500,
+            )? * DAY_MS,
+            sandbox_ms: self.num(
+                "retention_sandbox_days",
+                defaults.retention.sandbox_ms / DAY_MS,
+                1,
+                36_500,
+            )? * DAY_MS,
+            provider_events_ms: self.num(
+                "retention_provider_events_days",
+                defaults.retention.provider_events_ms / DAY_MS,
+                1,
+                36_500,
+            )? * DAY_MS,
+            interval: std::time::Duration::from_secs(self.num(
+                "housekeeping_interval_seconds",
+                defaults.retention.interval.as_secs(),
+                1,
+                86_400,
+            )?),
+        };
         let engine = EngineConfig {
+            retention,
             public_url,
             max_attempts: self.num("max_attempts", defaults.max_attempts, 1, 100)?,
             backoff_base_ms: self.num(
@@ -367,5 +409,17 @@ mod tests {
         assert!(e.to_string().contains("COURIERX_SIGNUP"));
         let e = parse(&[("max_attempts", "0")]).unwrap_err();
         assert_eq!(e.setting, "COURIERX_MAX_ATTEMPTS");
+        assert_eq!(s.engine.retention.messages_ms, 30 * 86_400_000);
+        assert_eq!(s.engine.retention.sandbox_ms, 7 * 86_400_000);
+        assert_eq!(s.engine.retention.interval.as_secs(), 60);
+        let s = parse(&[
+            ("retention_messages_days", "90"),
+            ("housekeeping_interval_seconds", "5"),
+        ])
+        .unwrap();
+        assert_eq!(s.engine.retention.messages_ms, 90 * 86_400_000);
+        assert_eq!(s.engine.retention.interval.as_secs(), 5);
+        let e = parse(&[("retention_sandbox_days", "0")]).unwrap_err();
+        assert_eq!(e.setting, "COURIERX_RETENTION_SANDBOX_DAYS");
     }
 }

@@ -5,7 +5,9 @@
 //! backends by the `on!` macro; ids are UUIDv7 text and times are epoch milliseconds on both.
 
 mod db;
+pub mod erasure;
 pub mod error;
+pub mod housekeeping;
 pub mod idempotency;
 pub mod jobs;
 pub mod messages;

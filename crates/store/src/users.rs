@@ -190,11 +190,6 @@ impl Db {
             .bind(key).bind(since).fetch_one(p).await)?,
         )
     }
-
-    pub async fn prune_login_failures(&self, before: Millis) -> Result<()> {
-        on!(self, p => sqlx::query("DELETE FROM login_failures WHERE at < $1").bind(before).execute(p).await.map(|r| r.rows_affected()))?;
-        Ok(())
-    }
 }
 
 async fn insert_user(tx: &mut Tx, u: &NewUser<'_>) -> Result<()> {

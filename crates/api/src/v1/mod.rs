@@ -4,6 +4,7 @@ pub mod auth;
 pub mod messages;
 pub mod projects;
 pub mod providers;
+pub mod recipients;
 pub mod routes;
 pub mod sandbox;
 pub mod suppressions;

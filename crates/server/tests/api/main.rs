@@ -13,6 +13,7 @@ mod isolation;
 mod messages;
 mod ops;
 mod queue;
+mod retention;
 mod rich;
 mod routing;
 mod templates;

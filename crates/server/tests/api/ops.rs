@@ -63,6 +63,8 @@ async fn health_ready_metrics(backend: Backend) {
         "status=\"202\"",
         "courierx_messages{status=\"sent\"}",
         "courierx_queue_depth",
+        "courierx_queue_leased",
+        "courierx_queue_lag_seconds",
         "courierx_delivery_latency_seconds_bucket",
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
@@ -117,6 +119,7 @@ async fn openapi_describes_the_api(backend: Backend) {
         "/api/v1/suppressions/{email}",
         "/api/v1/suppressions/{email}/audit",
         "/api/v1/suppressions/export",
+        "/api/v1/recipients/{email}",
         "/webhooks/providers/{provider_id}",
         "/t/o/{token}",
         "/t/c/{token}",
@@ -142,6 +145,7 @@ async fn openapi_describes_the_api(backend: Backend) {
         "SuppressionView",
         "RecipientView",
         "WebhookReceipt",
+        "ErasedRecipient",
     ] {
         assert!(
             doc["components"]["schemas"][schema].is_object(),
