@@ -73,6 +73,26 @@ async fn tenant_with_smtp(app: &TestApp, name: &str, smtp: &SmtpServer) -> Tenan
     t
 }
 
+/// A tenant whose relay accepts connections and never answers (its own timeout far away).
+async fn hung_tenant(app: &TestApp, name: &str) -> (Tenant, SmtpServer) {
+    let smtp = SmtpServer::start(Behavior {
+        hang: true,
+        ..Default::default()
+    })
+    .await;
+    let t = app.tenant(name).await;
+    app.use_smtp(&t, smtp.port(), json!({"timeout_ms": 60_000}))
+        .await;
+    (t, smtp)
+}
+
+fn assert_last_error(m: &Value, needle: &str) {
+    assert!(
+        m["last_error"].as_str().is_some_and(|e| e.contains(needle)),
+        "last_error should mention {needle}: {m}"
+    );
+}
+
 async fn events(app: &TestApp, t: &Tenant, id: &str) -> Vec<String> {
     let (_, m) = app.get(&format!("/api/v1/messages/{id}"), &t.key).await;
     m["events"]
@@ -337,12 +357,7 @@ async fn jobs_never_outlive_max_attempts(backend: Backend) {
     assert_eq!(c.reaped, [(id.clone(), "max_attempts")]);
     let (_, m) = app.get(&format!("/api/v1/messages/{id}"), &t.key).await;
     assert_eq!(m["status"], "failed", "{m}");
-    assert!(
-        m["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("lost its lease")),
-        "{m}"
-    );
+    assert_last_error(&m, "lost its lease");
     assert_eq!(events(&app, &t, &id).await, ["queued", "failed"]);
 }
 
@@ -353,23 +368,11 @@ async fn attempt_deadline_bounds_a_hung_provider(backend: Backend) {
         r.set("max_attempts", "1");
     })
     .await;
-    let smtp = SmtpServer::start(Behavior {
-        hang: true,
-        ..Default::default()
-    })
-    .await;
-    let t = app.tenant("Acme").await;
-    app.use_smtp(&t, smtp.port(), json!({"timeout_ms": 60_000}))
-        .await;
+    let (t, _smtp) = hung_tenant(&app, "Acme").await;
     let id = app.send(&t.key, simple_email()).await;
     let m = app.wait_status(&t.key, &id, "failed").await;
     assert_eq!(m["attempts"], 1, "one attempt, never leased again: {m}");
-    assert!(
-        m["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("deadline")),
-        "{m}"
-    );
+    assert_last_error(&m, "deadline");
     assert_eq!(events(&app, &t, &id).await, ["queued", "failed"]);
 }
 
@@ -379,15 +382,8 @@ async fn slow_tenant_does_not_hold_every_slot(backend: Backend) {
         r.set("worker_concurrency", "4");
     })
     .await;
-    let hung = SmtpServer::start(Behavior {
-        hang: true,
-        ..Default::default()
-    })
-    .await;
+    let (a, _hung) = hung_tenant(&app, "Alpha").await;
     let fast = SmtpServer::start(Behavior::default()).await;
-    let a = app.tenant("Alpha").await;
-    app.use_smtp(&a, hung.port(), json!({"timeout_ms": 60_000}))
-        .await;
     let b = tenant_with_smtp(&app, "Beta", &fast).await;
     send_many(&app, &a, 2_000, json!({})).await;
     let id = app.send(&b.key, simple_email()).await;
@@ -452,12 +448,7 @@ async fn a_panicking_provider_fails_one_message_not_the_worker(backend: Backend)
     let worker = tokio::spawn(Worker::new(engine.clone()).run(rx));
     let first = app.send(&t.key, simple_email()).await;
     let m = app.wait_status(&t.key, &first, "failed").await;
-    assert!(
-        m["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("panicked") && e.contains("provider bug")),
-        "{m}"
-    );
+    assert_last_error(&m, "panicked (provider bug)");
     assert_eq!(events(&app, &t, &first).await, ["queued", "failed"]);
     // The same worker goes on delivering.
     let second = app.send(&t.key, simple_email()).await;
