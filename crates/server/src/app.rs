@@ -5,6 +5,8 @@ use anyhow::Context;
 use courierx_api::{ApiConfig, AppState, ProcessHealth};
 use courierx_engine::delivery::Worker;
 use courierx_engine::{Engine, SecretKey};
+use courierx_store::idempotency::prune_idempotency;
+use courierx_store::users::prune_login_failures;
 use courierx_store::writer::Writer;
 use courierx_store::{Db, notify};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -125,9 +127,9 @@ impl Core {
 }
 
 fn spawn_housekeeping(engine: Arc<Engine>) {
-    let db = engine.db.clone();
     // Weak: the engine must drop at shutdown so its writer can flush and stop.
     let weak = Arc::downgrade(&engine);
+    let prune_weak = weak.clone();
     drop(engine);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -151,12 +153,19 @@ fn spawn_housekeeping(engine: Arc<Engine>) {
         let mut tick = tokio::time::interval(Duration::from_secs(600));
         loop {
             tick.tick().await;
-            let now = courierx_domain::now_ms();
-            if let Err(e) = db.prune_idempotency(now).await {
-                tracing::warn!(error = %e, "pruning idempotency keys failed");
-            }
-            if let Err(e) = db.prune_login_failures(now - 24 * 3_600_000).await {
-                tracing::warn!(error = %e, "pruning login failures failed");
+            let Some(engine) = prune_weak.upgrade() else {
+                break;
+            };
+            let pruned = engine
+                .write(courierx_domain::now_ms(), |now, tx| {
+                    Box::pin(async move {
+                        prune_idempotency(tx, *now).await?;
+                        prune_login_failures(tx, *now - 24 * 3_600_000).await
+                    })
+                })
+                .await;
+            if let Err(e) = pruned {
+                tracing::warn!(error = %e, "pruning idempotency keys and login failures failed");
             }
         }
     });

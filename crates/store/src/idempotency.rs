@@ -34,12 +34,12 @@ impl Db {
              WHERE project_id = $1 AND key = $2 AND expires_at > $3")
             .bind(project.to_string()).bind(key).bind(now).fetch_optional(p).await)?)
     }
+}
 
-    pub async fn prune_idempotency(&self, now: Millis) -> Result<u64> {
-        Ok(
-            on!(self, p => sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1").bind(now).execute(p).await.map(|r| r.rows_affected()))?,
-        )
-    }
+pub async fn prune_idempotency(tx: &mut Tx, now: Millis) -> Result<u64> {
+    Ok(
+        on_tx!(tx, c => sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1").bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?,
+    )
 }
 
 /// Claims the key inside the caller's transaction; false when a live row already holds it.

@@ -190,11 +190,11 @@ impl Db {
             .bind(key).bind(since).fetch_one(p).await)?,
         )
     }
+}
 
-    pub async fn prune_login_failures(&self, before: Millis) -> Result<()> {
-        on!(self, p => sqlx::query("DELETE FROM login_failures WHERE at < $1").bind(before).execute(p).await.map(|r| r.rows_affected()))?;
-        Ok(())
-    }
+pub async fn prune_login_failures(tx: &mut Tx, before: Millis) -> Result<()> {
+    on_tx!(tx, c => sqlx::query("DELETE FROM login_failures WHERE at < $1").bind(before).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
 }
 
 async fn insert_user(tx: &mut Tx, u: &NewUser<'_>) -> Result<()> {
@@ -229,11 +229,11 @@ impl Db {
              WHERE k.key_hash = $1 AND pr.deleted_at IS NULL")
             .bind(hash).fetch_optional(p).await)?)
     }
+}
 
-    pub async fn touch_api_key(&self, id: &str, now: Millis) -> Result<()> {
-        on!(self, p => sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2").bind(now).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
-        Ok(())
-    }
+pub async fn touch_api_key(tx: &mut Tx, id: &str, now: Millis) -> Result<()> {
+    on_tx!(tx, c => sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2").bind(now).bind(id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
 }
 
 /// Parses a stored id column; a malformed one means the database was edited by hand.

@@ -13,6 +13,9 @@ use courierx_domain::Millis;
 use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+mod run;
+pub use run::WriteFuture;
+
 /// A message to accept: its row, its first job and its attachments.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -132,13 +135,15 @@ enum Op {
     Accept(AcceptBatch, oneshot::Sender<Result<AcceptOutcome>>),
     Record(Box<AttemptRecord>, oneshot::Sender<Result<()>>),
     Claim(ClaimRequest, oneshot::Sender<Result<Vec<Claimed>>>),
+    /// Any other short write (see [`Writer::run`]).
+    Run(Box<dyn run::Job>),
 }
 
 impl Op {
     fn weight(&self) -> usize {
         match self {
             Op::Accept(b, _) => b.messages.len().max(1),
-            Op::Record(..) | Op::Claim(..) => 1,
+            Op::Record(..) | Op::Claim(..) | Op::Run(..) => 1,
         }
     }
 }
@@ -264,6 +269,7 @@ async fn write_batch(db: &Db, batch: Vec<Op>) {
                     (Op::Claim(_, reply), BatchResult::Claim(c)) => {
                         let _ = reply.send(Ok(c));
                     }
+                    (Op::Run(job), BatchResult::Run) => job.answer(),
                     (op, _) => op.fail(StoreError::Corrupt("writer result mismatch".into())),
                 }
             }
@@ -295,6 +301,7 @@ impl Op {
             Op::Claim(_, reply) => {
                 let _ = reply.send(Err(e));
             }
+            Op::Run(job) => job.fail(e),
         }
     }
 }
@@ -311,6 +318,7 @@ enum BatchResult {
     Accept(AcceptOutcome),
     Record,
     Claim(Vec<Claimed>),
+    Run,
 }
 
 async fn try_write(db: &Db, batch: &[Op]) -> Result<Vec<BatchResult>> {
@@ -380,6 +388,12 @@ async fn try_write(db: &Db, batch: &[Op]) -> Result<Vec<BatchResult>> {
     for (i, op) in batch.iter().enumerate() {
         if let Op::Claim(req, _) = op {
             results[i] = Some(BatchResult::Claim(claim(&mut tx, req).await?));
+        }
+    }
+    for (i, op) in batch.iter().enumerate() {
+        if let Op::Run(job) = op {
+            job.run(&mut tx).await?;
+            results[i] = Some(BatchResult::Run);
         }
     }
     // Other processes' workers learn of new jobs at commit (Postgres delivers NOTIFY then).
