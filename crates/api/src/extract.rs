@@ -215,10 +215,15 @@ impl FromRequestParts<AppState> for ProjectCtx {
         }
         if row.last_used_at.is_none_or(|t| now - t > TOUCH_EVERY_MS) {
             state.keys.note_use(hash.as_str(), now);
-            let db = state.engine.db.clone();
+            let engine = state.engine.clone();
             let id = row.id.clone();
             tokio::spawn(async move {
-                if let Err(e) = db.touch_api_key(&id, now).await {
+                let touched = engine
+                    .write((id, now), |(id, now), tx| {
+                        Box::pin(courierx_store::users::touch_api_key(tx, id, *now))
+                    })
+                    .await;
+                if let Err(e) = touched {
                     tracing::debug!(error = %e, "could not update api key last_used_at");
                 }
             });

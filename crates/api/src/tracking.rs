@@ -255,41 +255,41 @@ async fn unsubscribe(
     let action = field("action");
     let now = now_ms();
     if action.as_deref() == Some("resubscribe") {
-        let mut tx = state.engine.db.begin().await?;
-        release_suppression(
-            &mut tx,
-            &Release {
-                tenant_id: &u.row.tenant_id,
-                project_id: &u.row.project_id,
-                email: &u.email,
-                scope: Some(&u.category),
-                reason: "resubscribed",
-                actor: "recipient",
-                at: now,
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        let input = (u.row.tenant_id, u.row.project_id, u.email, u.category);
+        state
+            .engine
+            .write(input, move |(tenant, project, email, category), tx| {
+                Box::pin(async move {
+                    let r = Release {
+                        tenant_id: tenant,
+                        project_id: project,
+                        email,
+                        scope: Some(category.as_str()),
+                        reason: "resubscribed",
+                        actor: "recipient",
+                        at: now,
+                    };
+                    release_suppression(tx, &r).await
+                })
+            })
+            .await?;
     } else {
-        let mut tx = state.engine.db.begin().await?;
-        add_suppression(
-            &mut tx,
-            &NewSuppression {
-                tenant_id: u.row.tenant_id.clone(),
-                project_id: u.row.project_id.clone(),
-                email: u.email.clone(),
-                scope: u.category.clone(),
-                reason: "unsubscribed".into(),
-                source_message_id: Some(u.row.id.clone()),
-                detail: json!({"via": if action.is_some() { "page" } else { "one_click" }}),
-                created_at: now,
-                expires_at: None,
-                actor: "recipient".into(),
-            },
-            false,
-        )
-        .await?;
-        tx.commit().await?;
+        let suppression = NewSuppression {
+            tenant_id: u.row.tenant_id.clone(),
+            project_id: u.row.project_id.clone(),
+            email: u.email.clone(),
+            scope: u.category.clone(),
+            reason: "unsubscribed".into(),
+            source_message_id: Some(u.row.id.clone()),
+            detail: json!({"via": if action.is_some() { "page" } else { "one_click" }}),
+            created_at: now,
+            expires_at: None,
+            actor: "recipient".into(),
+        };
+        state
+            .engine
+            .write(suppression, |s, tx| Box::pin(add_suppression(tx, s, false)))
+            .await?;
         let n = Normalised {
             kind: EventType::Unsubscribed,
             bounce_type: None,

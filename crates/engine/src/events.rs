@@ -6,10 +6,15 @@ use crate::Engine;
 use courierx_domain::{EventType, MessageStatus, Millis, now_ms};
 use courierx_providers::webhooks::{BounceType, EventKind, ProviderEvent};
 use courierx_store::messages::{NewEvent, insert_event};
-use courierx_store::provider_events::{self as pe, EventTarget, NewProviderEvent};
+use courierx_store::provider_events::{
+    self as pe, EventTarget, NewProviderEvent, ProviderEventRow,
+};
 use courierx_store::suppressions::{NewSuppression, add_suppression};
 use courierx_store::{StoreError, Tx};
 use serde_json::{Value, json};
+use std::sync::Arc;
+
+mod fold;
 
 /// Events for messages not (yet) known are kept this long, then dropped.
 pub const UNMATCHED_RETENTION_MS: Millis = 7 * 24 * 3_600_000;
@@ -112,12 +117,48 @@ fn event_type(name: &str) -> Option<EventType> {
     .find(|t| t.as_str() == name)
 }
 
+/// A webhook call's events, ready to store.
+struct Incoming {
+    tenant: String,
+    provider_id: String,
+    events: Vec<(NewProviderEvent, Normalised)>,
+    nonce: Option<String>,
+    now: Millis,
+}
+
+/// What a write applied, counted in metrics once it has committed (a write may run twice when
+/// its group commit is retried, so nothing is counted inside it).
+#[derive(Default)]
+struct Applied {
+    summary: ApplySummary,
+    /// Types of the events stored.
+    stored: Vec<&'static str>,
+    /// Reasons of the suppressions added.
+    suppressed: Vec<&'static str>,
+}
+
+impl Applied {
+    fn count(&self, provider: &str) {
+        for kind in &self.stored {
+            metrics::counter!("courierx_provider_events_total", "provider" => provider.to_string(), "type" => *kind)
+                .increment(1);
+        }
+        for reason in &self.suppressed {
+            metrics::counter!("courierx_suppressions_added_total", "reason" => *reason)
+                .increment(1);
+        }
+    }
+}
+
+/// Stored events applied per write by the reconciler: bounds how long one holds the writer.
+const RECONCILE_CHUNK: usize = 50;
+
 impl Engine {
     /// Stores a provider's verified events and applies those whose message is known.
     /// With `nonce` (a single-use request token), a token already seen is a replay: `None`,
     /// and nothing is written.
     pub async fn apply_provider_events(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         provider_id: &str,
         provider_type: &str,
@@ -125,21 +166,11 @@ impl Engine {
         nonce: Option<&str>,
     ) -> Result<Option<ApplySummary>, StoreError> {
         let now = now_ms();
-        let mut sum = ApplySummary {
-            received: events.len(),
-            ..Default::default()
-        };
-        let mut tx = self.db.begin().await?;
-        if let Some(n) = nonce
-            && !pe::claim_nonce(&mut tx, provider_id, n, now).await?
-        {
-            return Ok(None);
-        }
-        for ev in events {
-            let n = Normalised::from_provider(ev);
-            let stored = pe::insert_provider_event(
-                &mut tx,
-                &NewProviderEvent {
+        let events = events
+            .iter()
+            .map(|ev| {
+                let n = Normalised::from_provider(ev);
+                let row = NewProviderEvent {
                     tenant_id: tenant.to_string(),
                     provider_id: provider_id.to_string(),
                     event_id: ev.event_id.clone(),
@@ -150,44 +181,118 @@ impl Engine {
                     detail: n.detail.clone(),
                     occurred_at: n.occurred_at,
                     received_at: now,
-                },
-            )
+                };
+                (row, n)
+            })
+            .collect();
+        let input = Incoming {
+            tenant: tenant.to_string(),
+            provider_id: provider_id.to_string(),
+            events,
+            nonce: nonce.map(str::to_string),
+            now,
+        };
+        let applied = self
+            .write((self.clone(), input), |(e, i), tx| {
+                Box::pin(e.store_provider_events(tx, i))
+            })
             .await?;
-            let Some(row) = stored else {
-                sum.duplicates += 1;
+        Ok(applied.map(|a| {
+            a.count(provider_type);
+            a.summary
+        }))
+    }
+
+    async fn store_provider_events(
+        &self,
+        tx: &mut Tx,
+        i: &Incoming,
+    ) -> Result<Option<Applied>, StoreError> {
+        if let Some(n) = &i.nonce
+            && !pe::claim_nonce(tx, &i.provider_id, n, i.now).await?
+        {
+            return Ok(None);
+        }
+        let mut out = Applied {
+            summary: ApplySummary {
+                received: i.events.len(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        for (new, n) in &i.events {
+            let Some(row) = pe::insert_provider_event(tx, new).await? else {
+                out.summary.duplicates += 1;
                 continue;
             };
-            metrics::counter!("courierx_provider_events_total", "provider" => provider_type.to_string(), "type" => n.kind.as_str())
-                .increment(1);
-            match pe::find_target(&mut tx, tenant, provider_id, &ev.provider_message_id).await? {
-                Some(target) => {
-                    pe::mark_matched(&mut tx, &row, &target.id).await?;
-                    self.apply_to_message(&mut tx, &target, Some(provider_id), &n, now)
+            out.stored.push(n.kind.as_str());
+            match pe::find_target(tx, &i.tenant, &i.provider_id, &new.provider_message_id).await? {
+                // Just inserted, so this claim always succeeds; it is conditional like the
+                // reconciler's all the same.
+                Some(target) if pe::mark_matched(tx, &row, &target.id).await? => {
+                    let reason = self
+                        .apply_to_message(tx, &target, Some(&i.provider_id), n, i.now)
                         .await?;
-                    sum.matched += 1;
+                    out.suppressed.extend(reason);
+                    out.summary.matched += 1;
                 }
-                None => sum.pending += 1,
+                _ => out.summary.pending += 1,
             }
         }
-        tx.commit().await?;
-        Ok(Some(sum))
+        Ok(Some(out))
     }
 
     /// Applies stored events received since `since` whose message has appeared since (an event
     /// can arrive before the send's answer is recorded) and forgets those that never found one.
     /// Frequent calls look at a recent window only, so a provider reporting on mail CourierX
     /// did not send (a shared account) costs little; an occasional full sweep covers the rest.
-    pub async fn reconcile_events(&self, since: Millis) -> Result<usize, StoreError> {
+    /// Each event is claimed (a conditional update) in the transaction that applies it, so
+    /// however many processes reconcile at once, one applies it and the others skip it.
+    pub async fn reconcile_events(self: &Arc<Self>, since: Millis) -> Result<usize, StoreError> {
         let now = now_ms();
         let rows = self.db.matchable_events(since, 500).await?;
+        let mut rows: Vec<(ProviderEventRow, Normalised)> = rows
+            .into_iter()
+            .filter_map(|row| {
+                let n = Normalised {
+                    kind: event_type(&row.kind)?,
+                    bounce_type: match row.bounce_type.as_deref() {
+                        Some("hard") => Some(BounceType::Hard.as_str()),
+                        Some("soft") => Some(BounceType::Soft.as_str()),
+                        _ => None,
+                    },
+                    recipient: row.recipient.clone(),
+                    occurred_at: row.occurred_at,
+                    detail: serde_json::from_str(&row.detail).unwrap_or(Value::Null),
+                };
+                Some((row, n))
+            })
+            .collect();
         let mut applied = 0;
-        for row in rows {
-            let Some(kind) = event_type(&row.kind) else {
-                continue;
-            };
-            let mut tx = self.db.begin().await?;
+        while !rows.is_empty() {
+            let chunk: Vec<_> = rows.drain(..rows.len().min(RECONCILE_CHUNK)).collect();
+            let done = self
+                .write((self.clone(), chunk, now), |(e, chunk, now), tx| {
+                    Box::pin(e.apply_stored(tx, chunk, *now))
+                })
+                .await?;
+            done.count("reconciler");
+            applied += done.summary.matched;
+        }
+        // Old unmatched events and nonces are purged by housekeeping, in batches.
+        Ok(applied)
+    }
+
+    async fn apply_stored(
+        &self,
+        tx: &mut Tx,
+        rows: &[(ProviderEventRow, Normalised)],
+        now: Millis,
+    ) -> Result<Applied, StoreError> {
+        let mut out = Applied::default();
+        for (row, n) in rows {
             let Some(target) = pe::find_target(
-                &mut tx,
+                tx,
                 &row.tenant_id,
                 &row.provider_id,
                 &row.provider_message_id,
@@ -196,50 +301,46 @@ impl Engine {
             else {
                 continue;
             };
-            let n = Normalised {
-                kind,
-                bounce_type: match row.bounce_type.as_deref() {
-                    Some("hard") => Some(BounceType::Hard.as_str()),
-                    Some("soft") => Some(BounceType::Soft.as_str()),
-                    _ => None,
-                },
-                recipient: row.recipient.clone(),
-                occurred_at: row.occurred_at,
-                detail: serde_json::from_str(&row.detail).unwrap_or(Value::Null),
-            };
-            pe::mark_matched(&mut tx, &row.id, &target.id).await?;
-            self.apply_to_message(&mut tx, &target, Some(&row.provider_id), &n, now)
+            // 0 rows: another process (or an earlier call) applied it already.
+            if !pe::mark_matched(tx, &row.id, &target.id).await? {
+                continue;
+            }
+            let reason = self
+                .apply_to_message(tx, &target, Some(&row.provider_id), n, now)
                 .await?;
-            tx.commit().await?;
-            applied += 1;
+            out.suppressed.extend(reason);
+            out.summary.matched += 1;
         }
-        self.db
-            .purge_unmatched_events(now - UNMATCHED_RETENTION_MS)
-            .await?;
-        self.db.purge_nonces(now - NONCE_RETENTION_MS).await?;
-        Ok(applied)
+        Ok(out)
     }
 
-    /// Records an open or click seen by CourierX's own tracking.
+    /// Records an open, click or unsubscribe seen by CourierX's own tracking.
     pub async fn record_tracking_event(
-        &self,
+        self: &Arc<Self>,
         message_id: &str,
         n: &Normalised,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.db.begin().await?;
-        let Some(target) = pe::find_target_by_id(&mut tx, message_id).await? else {
-            return Ok(false);
-        };
-        metrics::counter!("courierx_provider_events_total", "provider" => "courierx", "type" => n.kind.as_str())
-            .increment(1);
-        self.apply_to_message(&mut tx, &target, None, n, now_ms())
+        let input = (self.clone(), message_id.to_string(), n.clone(), now_ms());
+        let applied = self
+            .write(input, |(e, id, n, now), tx| {
+                Box::pin(async move {
+                    let Some(target) = pe::find_target_by_id(tx, id).await? else {
+                        return Ok(None);
+                    };
+                    let reason = e.apply_to_message(tx, &target, None, n, *now).await?;
+                    Ok(Some(Applied {
+                        stored: vec![n.kind.as_str()],
+                        suppressed: reason.into_iter().collect(),
+                        ..Default::default()
+                    }))
+                })
+            })
             .await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(applied.map(|a| a.count("courierx")).is_some())
     }
 
     /// The message's timeline, per-recipient state, status and the suppression list, for one
-    /// event, inside the caller's transaction.
+    /// event, inside the caller's transaction; the reason of a suppression it added, if any.
     async fn apply_to_message(
         &self,
         tx: &mut Tx,
@@ -247,7 +348,16 @@ impl Engine {
         provider_id: Option<&str>,
         n: &Normalised,
         now: Millis,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<&'static str>, StoreError> {
+        if fold::fold_repeat(tx, target, n).await? {
+            // A repeat open or click: counted on the first, and neither moves anything else.
+            return Ok(None);
+        }
+        let mut detail = n.detail.clone();
+        if let (EventType::Opened | EventType::Clicked, Some(d)) = (n.kind, detail.as_object_mut())
+        {
+            d.insert("count".into(), json!(1));
+        }
         insert_event(
             tx,
             &NewEvent {
@@ -257,7 +367,7 @@ impl Engine {
                 at: n.occurred_at,
                 provider_id: provider_id.map(str::to_string),
                 recipient: n.recipient.clone(),
-                detail: n.detail.clone(),
+                detail,
             },
         )
         .await?;
@@ -300,16 +410,17 @@ impl Engine {
 
     /// Hard bounces and complaints suppress at once; soft bounces after the project's
     /// threshold within 7 days; an unsubscribe suppresses the message's category (or all mail
-    /// when it has none).
+    /// when it has none). The soft-bounce threshold comes from the project snapshot, almost
+    /// always cached; a miss reads it while this transaction is open, which is rare enough.
     async fn suppress_after(
         &self,
         tx: &mut Tx,
         target: &EventTarget,
         n: &Normalised,
         now: Millis,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<&'static str>, StoreError> {
         let Some(email) = &n.recipient else {
-            return Ok(());
+            return Ok(None);
         };
         let (reason, scope) = match (n.kind, n.bounce_type) {
             (EventType::Bounced, Some("hard")) => ("hard_bounce", String::new()),
@@ -333,14 +444,14 @@ impl Engine {
                 )
                 .await?;
                 if seen < i64::from(threshold) {
-                    return Ok(());
+                    return Ok(None);
                 }
                 ("soft_bounce", String::new())
             }
             (EventType::Unsubscribed, _) => {
                 ("unsubscribed", target.category.clone().unwrap_or_default())
             }
-            _ => return Ok(()),
+            _ => return Ok(None),
         };
         let added = add_suppression(
             tx,
@@ -363,9 +474,6 @@ impl Engine {
             false,
         )
         .await?;
-        if added {
-            metrics::counter!("courierx_suppressions_added_total", "reason" => reason).increment(1);
-        }
-        Ok(())
+        Ok(added.then_some(reason))
     }
 }

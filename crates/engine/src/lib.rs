@@ -18,8 +18,8 @@ pub mod templates;
 pub mod tracking;
 pub mod ttl_cache;
 
-use courierx_store::Db;
-use courierx_store::writer::Writer;
+use courierx_store::writer::{WriteFuture, Writer};
+use courierx_store::{Backend, Db, StoreError, Tx};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -93,6 +93,31 @@ impl Engine {
             balancer: Default::default(),
             templates: Default::default(),
             tracking: tracking::TrackingKeys::new(key),
+        }
+    }
+}
+
+impl Engine {
+    /// Runs a short write off the hot path (tracking, webhooks, unsubscribes, suppressions,
+    /// cancels, reconciling, housekeeping) in one transaction. SQLite: inside the group-commit
+    /// writer, so the database has one writing connection and nobody waits on its lock.
+    /// PostgreSQL: its own transaction on the pool; Postgres locks rows, not the database, so
+    /// there is no contention to avoid, and a row-lock wait inside a group commit would stall
+    /// every accept in that group.
+    pub async fn write<S, T, F>(&self, input: S, f: F) -> Result<T, StoreError>
+    where
+        S: Send + Sync + 'static,
+        T: Send + 'static,
+        F: for<'a> Fn(&'a S, &'a mut Tx) -> WriteFuture<'a, T> + Send + Sync + 'static,
+    {
+        match self.db.backend() {
+            Backend::Sqlite => self.writer.run(input, f).await,
+            Backend::Postgres => {
+                let mut tx = self.db.begin().await?;
+                let out = f(&input, &mut tx).await?;
+                tx.commit().await?;
+                Ok(out)
+            }
         }
     }
 }

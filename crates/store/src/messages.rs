@@ -231,42 +231,86 @@ impl Db {
              WHERE a.tenant_id = $1 AND a.message_id = $2 ORDER BY a.position")
             .bind(tenant).bind(message).fetch_all(p).await)?)
     }
+}
 
-    /// Cancels a message that is not being sent: its job goes first (the order claims lock in,
-    /// so the two never deadlock on Postgres), then the status. False when it is already
-    /// sending or finished (or not this tenant's).
-    pub async fn cancel_message(
-        &self,
-        tenant: TenantId,
-        id: MessageId,
-        now: Millis,
-    ) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        on_tx!(&mut tx, c => sqlx::query(
-            "DELETE FROM jobs WHERE tenant_id = $1 AND message_id = $2 AND (lease_until IS NULL OR lease_until < $3)")
-            .bind(tenant.to_string()).bind(id.to_string()).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-        let n = on_tx!(&mut tx, c => sqlx::query(
-            "UPDATE messages SET status = 'cancelled', updated_at = $1
-             WHERE tenant_id = $2 AND id = $3 AND status IN ('scheduled', 'queued')")
-            .bind(now).bind(tenant.to_string()).bind(id.to_string()).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-        if n == 0 {
-            // Dropping the transaction rolls the job deletion back.
-            return Ok(false);
-        }
-        insert_event(
-            &mut tx,
-            &NewEvent {
-                tenant_id: tenant.to_string(),
-                message_id: id.to_string(),
-                kind: courierx_domain::EventType::Cancelled.as_str(),
-                at: now,
-                provider_id: None,
-                recipient: None,
-                detail: serde_json::json!({}),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+/// Cancels a message that is not being sent: its job goes first (the order claims lock in, so
+/// the two never deadlock on Postgres), and only while the message is still cancellable, since
+/// the caller's transaction may be a group commit that must not be rolled back. False when it is
+/// already sending or finished (or not this tenant's).
+pub async fn cancel_message(
+    tx: &mut Tx,
+    tenant: TenantId,
+    id: MessageId,
+    now: Millis,
+) -> Result<bool> {
+    on_tx!(tx, c => sqlx::query(
+        "DELETE FROM jobs WHERE tenant_id = $1 AND message_id = $2 AND (lease_until IS NULL OR lease_until < $3)
+           AND EXISTS (SELECT 1 FROM messages WHERE tenant_id = $1 AND id = $2 AND status IN ('scheduled', 'queued'))")
+        .bind(tenant.to_string()).bind(id.to_string()).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    let n = on_tx!(tx, c => sqlx::query(
+        "UPDATE messages SET status = 'cancelled', updated_at = $1
+         WHERE tenant_id = $2 AND id = $3 AND status IN ('scheduled', 'queued')")
+        .bind(now).bind(tenant.to_string()).bind(id.to_string()).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    if n == 0 {
+        return Ok(false);
     }
+    insert_event(
+        tx,
+        &NewEvent {
+            tenant_id: tenant.to_string(),
+            message_id: id.to_string(),
+            kind: courierx_domain::EventType::Cancelled.as_str(),
+            at: now,
+            provider_id: None,
+            recipient: None,
+            detail: serde_json::json!({}),
+        },
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Serialises folding of repeat events per message on Postgres (concurrent hits of one pixel
+/// would otherwise both see no earlier event, or both bump the same count). SQLite's writes all
+/// come from the one writer, so they are serial already.
+pub async fn lock_message_events(tx: &mut Tx, message: &str) -> Result<()> {
+    if let Tx::Postgres(t) = tx {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(EVENT_FOLD_LOCK)
+            .bind(message)
+            .execute(&mut **t)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The advisory lock class of [`lock_message_events`].
+const EVENT_FOLD_LOCK: i32 = 0x0CE1;
+
+/// The message's events of `kind` for `recipient` (`None` matches events without one) at or
+/// after `since`, newest first.
+pub async fn recent_events(
+    tx: &mut Tx,
+    tenant: &str,
+    message: &str,
+    kind: &str,
+    recipient: Option<&str>,
+    since: Millis,
+) -> Result<Vec<EventRow>> {
+    Ok(on_tx!(tx, c => sqlx::query_as::<_, EventRow>(
+        "SELECT id, type, at, provider_id, recipient, detail FROM message_events
+         WHERE tenant_id = $1 AND message_id = $2 AND type = $3 AND COALESCE(recipient, '') = COALESCE($4, '') AND at >= $5
+         ORDER BY at DESC, id DESC LIMIT 100")
+        .bind(tenant).bind(message).bind(kind).bind(recipient).bind(since).fetch_all(&mut *c).await)?)
+}
+
+pub async fn set_event_detail(
+    tx: &mut Tx,
+    tenant: &str,
+    event: &str,
+    detail: &serde_json::Value,
+) -> Result<()> {
+    on_tx!(tx, c => sqlx::query("UPDATE message_events SET detail = $1 WHERE tenant_id = $2 AND id = $3")
+        .bind(crate::to_json(detail)).bind(tenant).bind(event).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
 }

@@ -97,10 +97,14 @@ pub async fn find_target_by_id(tx: &mut Tx, message: &str) -> Result<Option<Even
         .bind(message).fetch_optional(&mut *c).await)?)
 }
 
-pub async fn mark_matched(tx: &mut Tx, event_row: &str, message: &str) -> Result<()> {
-    on_tx!(tx, c => sqlx::query("UPDATE provider_events SET message_id = $1 WHERE id = $2")
+/// Claims a stored event for its message; false when it was already matched (another process
+/// applied it first: on Postgres the second UPDATE waits for the first to commit, then finds
+/// `message_id` set), so the caller must not apply it again.
+pub async fn mark_matched(tx: &mut Tx, event_row: &str, message: &str) -> Result<bool> {
+    let n = on_tx!(tx, c => sqlx::query(
+        "UPDATE provider_events SET message_id = $1 WHERE id = $2 AND message_id IS NULL")
         .bind(message).bind(event_row).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-    Ok(())
+    Ok(n == 1)
 }
 
 pub async fn recipient_status(tx: &mut Tx, message: &str, email: &str) -> Result<Option<String>> {
@@ -180,20 +184,5 @@ impl Db {
             on!(self, p => sqlx::query_as::<_, ProviderEventRow>(sqlx::AssertSqlSafe(sql))
             .bind(limit).bind(since).fetch_all(p).await)?,
         )
-    }
-
-    /// Forgets single-use tokens older than any signature could still be accepted.
-    pub async fn purge_nonces(&self, received_before: Millis) -> Result<u64> {
-        Ok(
-            on!(self, p => sqlx::query("DELETE FROM webhook_nonces WHERE received_at < $1")
-            .bind(received_before).execute(p).await.map(|r| r.rows_affected()))?,
-        )
-    }
-
-    /// Forgets events that never found their message.
-    pub async fn purge_unmatched_events(&self, received_before: Millis) -> Result<u64> {
-        Ok(on!(self, p => sqlx::query(
-            "DELETE FROM provider_events WHERE message_id IS NULL AND received_at < $1")
-            .bind(received_before).execute(p).await.map(|r| r.rows_affected()))?)
     }
 }

@@ -224,11 +224,11 @@ impl Db {
              WHERE k.key_hash = $1 AND pr.deleted_at IS NULL")
             .bind(hash).fetch_optional(p).await)?)
     }
+}
 
-    pub async fn touch_api_key(&self, id: &str, now: Millis) -> Result<()> {
-        on!(self, p => sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2").bind(now).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
-        Ok(())
-    }
+pub async fn touch_api_key(tx: &mut Tx, id: &str, now: Millis) -> Result<()> {
+    on_tx!(tx, c => sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2").bind(now).bind(id).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    Ok(())
 }
 
 /// Parses a stored id column; a malformed one means the database was edited by hand.

@@ -12,6 +12,9 @@ use courierx_domain::Millis;
 use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+mod run;
+pub use run::WriteFuture;
+
 /// A message to accept: its row, its first job and its attachments.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -62,13 +65,15 @@ enum Op {
     Accept(AcceptBatch, oneshot::Sender<Result<AcceptOutcome>>),
     Record(Box<AttemptRecord>, oneshot::Sender<Result<bool>>),
     Claim(ClaimRequest, oneshot::Sender<Result<ClaimResult>>),
+    /// Any other short write (see [`Writer::run`]).
+    Run(Box<dyn run::Job>),
 }
 
 impl Op {
     fn weight(&self) -> usize {
         match self {
             Op::Accept(b, _) => b.messages.len().max(1),
-            Op::Record(..) | Op::Claim(..) => 1,
+            Op::Record(..) | Op::Claim(..) | Op::Run(..) => 1,
         }
     }
 }
@@ -196,6 +201,7 @@ async fn write_batch(db: &Db, batch: Vec<Op>) {
                     (Op::Claim(_, reply), BatchResult::Claim(c)) => {
                         let _ = reply.send(Ok(c));
                     }
+                    (Op::Run(job), BatchResult::Run) => job.answer(),
                     (op, _) => op.fail(StoreError::Corrupt("writer result mismatch".into())),
                 }
             }
@@ -227,6 +233,7 @@ impl Op {
             Op::Claim(_, reply) => {
                 let _ = reply.send(Err(e));
             }
+            Op::Run(job) => job.fail(e),
         }
     }
 }
@@ -243,6 +250,7 @@ enum BatchResult {
     Accept(AcceptOutcome),
     Record(bool),
     Claim(ClaimResult),
+    Run,
 }
 
 async fn try_write(db: &Db, batch: &[Op]) -> Result<Vec<BatchResult>> {
@@ -315,6 +323,12 @@ async fn try_write(db: &Db, batch: &[Op]) -> Result<Vec<BatchResult>> {
     for (i, op) in batch.iter().enumerate() {
         if let Op::Claim(req, _) = op {
             results[i] = Some(BatchResult::Claim(crate::jobs::claim(&mut tx, req).await?));
+        }
+    }
+    for (i, op) in batch.iter().enumerate() {
+        if let Op::Run(job) = op {
+            job.run(&mut tx).await?;
+            results[i] = Some(BatchResult::Run);
         }
     }
     // Other processes' workers learn of new jobs at commit (Postgres delivers NOTIFY then).

@@ -609,7 +609,16 @@ async fn cancel_message(
         .get_message(ctx.tenant, Some(ctx.project), id)
         .await?
         .ok_or_else(|| ApiError::not_found("message"))?;
-    if !db.cancel_message(ctx.tenant, id, now_ms()).await? {
+    let tenant = ctx.tenant;
+    let cancelled = state
+        .engine
+        .write(now_ms(), move |now, tx| {
+            Box::pin(courierx_store::messages::cancel_message(
+                tx, tenant, id, *now,
+            ))
+        })
+        .await?;
+    if !cancelled {
         return Err(ApiError::conflict(
             "not_cancellable",
             format!(

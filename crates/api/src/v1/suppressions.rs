@@ -244,14 +244,20 @@ async fn add_suppressions(
         }
     }
     errs.into_result()?;
-    let mut tx = state.engine.db.begin().await?;
-    let mut added = 0;
-    for r in &rows {
-        if add_suppression(&mut tx, r, true).await? {
-            added += 1;
-        }
-    }
-    tx.commit().await?;
+    let added = state
+        .engine
+        .write(rows, |rows, tx| {
+            Box::pin(async move {
+                let mut added = 0;
+                for r in rows {
+                    if add_suppression(tx, r, true).await? {
+                        added += 1;
+                    }
+                }
+                Ok(added)
+            })
+        })
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(AddedSuppressions { added })))
 }
 
@@ -276,29 +282,34 @@ async fn release(
         None => None,
         Some(c) => Some(Category::parse(c).map_err(|m| ApiError::field("category", m))?),
     };
-    let mut tx = state.engine.db.begin().await?;
-    let (tenant, project, actor) = (
+    let input = (
         ctx.tenant.to_string(),
         ctx.project.to_string(),
+        email.as_str().to_string(),
+        category.map(|c| c.as_str().to_string()),
         format!("api_key:{}", ctx.key),
+        now_ms(),
     );
-    let n = release_suppression(
-        &mut tx,
-        &Release {
-            tenant_id: &tenant,
-            project_id: &project,
-            email: email.as_str(),
-            scope: category.as_ref().map(|c| c.as_str()),
-            reason: "released",
-            actor: &actor,
-            at: now_ms(),
-        },
-    )
-    .await?;
+    let n = state
+        .engine
+        .write(input, |(tenant, project, email, scope, actor, at), tx| {
+            Box::pin(async move {
+                let r = Release {
+                    tenant_id: tenant,
+                    project_id: project,
+                    email,
+                    scope: scope.as_deref(),
+                    reason: "released",
+                    actor,
+                    at: *at,
+                };
+                release_suppression(tx, &r).await
+            })
+        })
+        .await?;
     if n == 0 {
         return Err(ApiError::not_found("suppression"));
     }
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

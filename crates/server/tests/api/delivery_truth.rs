@@ -27,13 +27,13 @@ fn whsec() -> String {
     )
 }
 
-struct Hook {
+pub(crate) struct Hook {
     url: String,
 }
 
 impl Hook {
     /// Posts `body` signed as Resend (Svix) does: HMAC-SHA256 over `id.timestamp.body`.
-    async fn post(
+    pub(crate) async fn post(
         &self,
         app: &TestApp,
         svix_id: &str,
@@ -60,11 +60,11 @@ impl Hook {
     }
 }
 
-fn now_s() -> i64 {
+pub(crate) fn now_s() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn resend_event(kind: &str, email_id: &str, to: &str, extra: Value) -> Value {
+pub(crate) fn resend_event(kind: &str, email_id: &str, to: &str, extra: Value) -> Value {
     let mut data = json!({
         "email_id": email_id,
         "from": "Acme <noreply@acme.test>",
@@ -80,7 +80,7 @@ fn resend_event(kind: &str, email_id: &str, to: &str, extra: Value) -> Value {
 
 impl TestApp {
     /// A Resend provider (with its webhook secret) as the project's default; returns its hook.
-    async fn resend_default(&self, t: &Tenant, fake: &FakeResend) -> Hook {
+    pub(crate) async fn resend_default(&self, t: &Tenant, fake: &FakeResend) -> Hook {
         let (s, v) = self
             .post(
                 "/api/v1/providers",
@@ -99,7 +99,7 @@ impl TestApp {
         }
     }
 
-    async fn settings(&self, t: &Tenant, settings: Value) {
+    pub(crate) async fn settings(&self, t: &Tenant, settings: Value) {
         let (s, v, _) = self
             .call(
                 Method::PATCH,
@@ -112,7 +112,7 @@ impl TestApp {
     }
 }
 
-fn mail(to: &str) -> Value {
+pub(crate) fn mail(to: &str) -> Value {
     json!({"from": "noreply@acme.test", "to": to, "subject": "Hi", "text": "Hello"})
 }
 
@@ -499,7 +499,7 @@ async fn suppression_api_and_categories(backend: Backend) {
 
 /// The path of `url` from `marker` on (tests call the server at its real address whatever the
 /// configured public URL).
-fn path_from(url: &str, marker: &str) -> String {
+pub(crate) fn path_from(url: &str, marker: &str) -> String {
     let i = url
         .find(marker)
         .unwrap_or_else(|| panic!("{marker} not in {url}"));

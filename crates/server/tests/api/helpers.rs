@@ -20,9 +20,15 @@ pub enum Backend {
 impl Backend {
     /// The PostgreSQL backend when `COURIERX_TEST_DATABASE_URL` names a server; otherwise says
     /// (once, on stderr, past the test harness's capture) that PostgreSQL tests are skipped.
+    /// Under `CI` or `COURIERX_REQUIRE_POSTGRES` a missing URL fails the test instead: there a
+    /// skipped half would pass silently.
     pub fn postgres() -> Option<Backend> {
         match std::env::var("COURIERX_TEST_DATABASE_URL") {
             Ok(url) if !url.is_empty() => Some(Backend::Postgres(url)),
+            _ if postgres_required() => panic!(
+                "PostgreSQL tests are required here (CI or COURIERX_REQUIRE_POSTGRES is set) but \
+                 COURIERX_TEST_DATABASE_URL is unset or empty; set it to postgres://… (see README)"
+            ),
             _ => {
                 static SAY: Once = Once::new();
                 SAY.call_once(|| {
@@ -35,6 +41,13 @@ impl Backend {
             }
         }
     }
+}
+
+/// Whether skipping the PostgreSQL half is an error: in CI, or when asked for.
+fn postgres_required() -> bool {
+    ["CI", "COURIERX_REQUIRE_POSTGRES"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false"))
 }
 
 /// Runs each named scenario (an `async fn(Backend)`) as a `sqlite` and a `postgres` test.

@@ -5,6 +5,7 @@ mod helpers;
 mod smtp_server;
 
 mod auth;
+mod bookkeeping;
 mod config;
 mod delivery;
 mod delivery_truth;
