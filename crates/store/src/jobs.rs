@@ -117,10 +117,13 @@ const TAKE_POSTGRES: &str = "UPDATE jobs SET lease_until = $1, locked_by = $2, a
                  AND attempts < max_attempts ORDER BY id FOR UPDATE SKIP LOCKED)
     RETURNING id, tenant_id, message_id, attempts, max_attempts, fence";
 
+/// A candidate as interleaving sees it: `(priority, run_at, job id)`.
+type Queued = (i64, i64, String);
+
 /// Chooses up to `limit` of the candidates round-robin (see the module comment).
 fn interleave(mut cands: Vec<Candidate>, r: &ClaimRequest) -> Vec<String> {
     // tenant -> project -> jobs ordered by (priority, run_at).
-    let mut tenants: BTreeMap<String, BTreeMap<String, Vec<(i64, i64, String)>>> = BTreeMap::new();
+    let mut tenants: BTreeMap<String, BTreeMap<String, Vec<Queued>>> = BTreeMap::new();
     cands.sort_by_key(|c| c.run_at);
     let mut oldest: HashMap<String, i64> = HashMap::new();
     for c in cands {
@@ -135,14 +138,14 @@ fn interleave(mut cands: Vec<Candidate>, r: &ClaimRequest) -> Vec<String> {
             .or_default()
             .push((priority, c.run_at, c.id));
     }
-    let mut order: Vec<(String, Vec<Vec<(i64, i64, String)>>)> = tenants
+    let mut order: Vec<(String, Vec<Vec<Queued>>)> = tenants
         .into_iter()
         .map(|(t, projects)| {
             let lists = projects
                 .into_values()
                 .map(|mut l| {
                     // Popped from the end: best last.
-                    l.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+                    l.sort_by_key(|q| std::cmp::Reverse((q.0, q.1)));
                     l
                 })
                 .collect();

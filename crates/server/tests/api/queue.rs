@@ -389,7 +389,7 @@ async fn slow_tenant_does_not_hold_every_slot(backend: Backend) {
     let id = app.send(&b.key, simple_email()).await;
     app.wait_status(&b.key, &id, "sent").await;
     let (_, v) = app
-        .get(&format!("/api/v1/messages?status=queued&limit=100"), &a.key)
+        .get("/api/v1/messages?status=queued&limit=100", &a.key)
         .await;
     assert_eq!(
         v["data"].as_array().map(Vec::len),

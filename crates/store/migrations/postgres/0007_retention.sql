@@ -45,10 +45,18 @@ BEGIN
     INSERT INTO row_count_deltas (key, n) SELECT 'status:' || status, -COUNT(*) FROM old_rows GROUP BY status;
     RETURN NULL;
 END $$;
--- Status changes are mostly single-row updates; the WHEN clause skips updates that keep it.
+-- Status changes come in multi-row statements too (a claim marks its jobs' messages `sending`,
+-- a group of sends marks them `sent`): one delta row per status and statement. Transition
+-- tables cannot go with a column list, so this runs after every UPDATE and counts only rows
+-- whose status changed.
 CREATE FUNCTION count_messages_status() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO row_count_deltas (key, n) VALUES ('status:' || OLD.status, -1), ('status:' || NEW.status, 1);
+    INSERT INTO row_count_deltas (key, n)
+    SELECT k, SUM(d) FROM (
+        SELECT 'status:' || o.status AS k, -1 AS d FROM old_rows o JOIN new_rows n ON n.id = o.id WHERE o.status <> n.status
+        UNION ALL
+        SELECT 'status:' || n.status, 1 FROM old_rows o JOIN new_rows n ON n.id = o.id WHERE o.status <> n.status
+    ) x GROUP BY k HAVING SUM(d) <> 0;
     RETURN NULL;
 END $$;
 CREATE FUNCTION count_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -66,8 +74,8 @@ CREATE TRIGGER messages_count_insert AFTER INSERT ON messages
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION count_messages_inserted();
 CREATE TRIGGER messages_count_delete AFTER DELETE ON messages
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION count_messages_deleted();
-CREATE TRIGGER messages_count_status AFTER UPDATE OF status ON messages
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION count_messages_status();
+CREATE TRIGGER messages_count_status AFTER UPDATE ON messages
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION count_messages_status();
 CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION count_jobs_inserted();
 CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs
